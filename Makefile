@@ -1,0 +1,27 @@
+# The two commands of the README: `make demo` and `make test`. Both (re)create the local
+# virtual environment from pyproject.toml when it is missing or older than pyproject.toml.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PRESET ?= quick
+export MPLBACKEND := Agg
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test venv clean-reports
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+# SynthVOC (quick preset), every method notebook executed into reports/, then the summary table.
+demo: $(STAMP)
+	$(BIN)/wsss demo --preset $(PRESET)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests

@@ -1,0 +1,307 @@
+"""Reader for a PASCAL VOC 2012 layout folder (real VOC, VOC + SBD, or SynthVOC).
+
+One code path serves every dataset: point `root` at `VOCdevkit/VOC2012` or at a generated
+SynthVOC tree. Every problem with the files is reported with the file's path and what is wrong;
+nothing is silently skipped or guessed.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from wsss.data.transforms import resize_saliency
+from wsss.io import IGNORE_INDEX
+
+VOC_CLASS_NAMES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+
+# Image modes PIL can turn into RGB without losing meaning.
+_CONVERTIBLE_MODES = {"L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "F", "1", "LAB", "HSV"}
+
+
+class DatasetError(ValueError):
+    """A file of the dataset is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VOCLayout:
+    """Where the parts of a VOC-layout dataset live. Defaults follow VOC2012 (+ SBD, + SynthVOC)."""
+
+    root: Path
+    image_dir: Path
+    mask_dir: Path | None
+    saliency_dir: Path | None
+    list_dir: Path
+    cls_labels: Path | None
+    labels_txt: Path | None
+
+    @classmethod
+    def discover(
+        cls,
+        root: str | os.PathLike,
+        *,
+        mask_dir: str | os.PathLike | None = None,
+        saliency_dir: str | os.PathLike | None = None,
+    ) -> "VOCLayout":
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise DatasetError(f"dataset root {root} does not exist or is not a folder")
+        image_dir = root / "JPEGImages"
+        if not image_dir.is_dir():
+            raise DatasetError(f"{image_dir} is missing: a VOC-layout dataset keeps its images there")
+        list_dir = root / "ImageSets" / "Segmentation"
+        if not list_dir.is_dir():
+            raise DatasetError(f"{list_dir} is missing: it holds the split lists (train.txt, val.txt, ...)")
+        if mask_dir is None:
+            # SBD's augmented masks cover train_aug; VOC's own masks cover train/val only.
+            for name in ("SegmentationClassAug", "SegmentationClass"):
+                if (root / name).is_dir():
+                    mask_dir = root / name
+                    break
+        elif not Path(mask_dir).is_absolute():
+            mask_dir = root / mask_dir
+        if saliency_dir is None:
+            saliency_dir = root / "SaliencyMaps" if (root / "SaliencyMaps").is_dir() else None
+        else:
+            saliency_dir = Path(saliency_dir) if Path(saliency_dir).is_absolute() else root / saliency_dir
+            if not saliency_dir.is_dir():
+                raise DatasetError(f"saliency folder {saliency_dir} does not exist")
+        cls_labels = root / "cls_labels.npy"
+        labels_txt = root / "labels.txt"
+        return cls(
+            root=root,
+            image_dir=image_dir,
+            mask_dir=Path(mask_dir) if mask_dir is not None else None,
+            saliency_dir=saliency_dir,
+            list_dir=list_dir,
+            cls_labels=cls_labels if cls_labels.is_file() else None,
+            labels_txt=labels_txt if labels_txt.is_file() else None,
+        )
+
+    def class_names(self) -> tuple[str, ...]:
+        """Foreground class names: labels.txt when present (SynthVOC), else the 20 VOC classes."""
+        if self.labels_txt is None:
+            return VOC_CLASS_NAMES
+        names = tuple(line.strip() for line in self.labels_txt.read_text().splitlines() if line.strip())
+        if not names:
+            raise DatasetError(f"{self.labels_txt} lists no class names")
+        return names
+
+    def split_ids(self, split: str) -> list[str]:
+        path = self.list_dir / f"{split}.txt"
+        if not path.is_file():
+            available = sorted(p.stem for p in self.list_dir.glob("*.txt"))
+            raise DatasetError(f"split list {path} does not exist; available splits: {available}")
+        # VOC lists may carry a second column (e.g. '2008_000002  1' in class-wise lists): keep the id.
+        ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        if not ids:
+            raise DatasetError(f"split list {path} is empty")
+        return ids
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB, converting grayscale/RGBA/palette/CMYK; clear errors."""
+    if not path.is_file():
+        raise DatasetError(f"image {path} is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "RGB":
+                return np.asarray(img, dtype=np.uint8)
+            if img.mode not in _CONVERTIBLE_MODES:
+                raise DatasetError(f"image {path} has mode {img.mode!r}, which cannot be converted to RGB")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # Composite on black rather than dropping alpha blindly: transparent pixels have
+                # undefined colour in many files.
+                rgba = img.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                return np.asarray(Image.alpha_composite(canvas, rgba).convert("RGB"), dtype=np.uint8)
+            if img.mode in ("I", "I;16", "F"):
+                arr = np.asarray(img, dtype=np.float64)
+                arr = (255.0 * (arr - arr.min()) / max(np.ptp(arr), 1e-12)).astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"image {path} cannot be read: {exc}") from exc
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Read a class-index mask (palette or grayscale PNG) as (H, W) uint8."""
+    if not path.is_file():
+        raise DatasetError(f"mask {path} is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("P", "L"):
+                raise DatasetError(
+                    f"mask {path} has mode {img.mode!r}; masks must hold class indices "
+                    "(palette 'P' or grayscale 'L' PNG), not colours"
+                )
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"mask {path} cannot be read: {exc}") from exc
+
+
+def read_saliency(path: Path) -> np.ndarray:
+    """Read a saliency map as (H, W) float32 in [0, 1]."""
+    if not path.is_file():
+        raise DatasetError(f"saliency map {path} is missing")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            gray = img.convert("L") if img.mode != "L" else img
+            return np.asarray(gray, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"saliency map {path} cannot be read: {exc}") from exc
+
+
+def load_cls_labels(path: Path, num_classes: int) -> dict[str, np.ndarray]:
+    """Load `cls_labels.npy` ({id: multi-hot}) in either the EPS (str keys) or IRNet (int keys) format."""
+    try:
+        raw = np.load(path, allow_pickle=True).item()
+    except Exception as exc:  # numpy raises several types for a bad pickle
+        raise DatasetError(f"{path} is not a dict saved with np.save: {exc}") from exc
+    labels: dict[str, np.ndarray] = {}
+    for key, vec in raw.items():
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != num_classes:
+            raise DatasetError(
+                f"{path}: label vector of {key!r} has length {vec.shape[0]}, expected {num_classes} "
+                "(one entry per foreground class)"
+            )
+        labels[_canonical_id(key)] = vec
+    return labels
+
+
+def _canonical_id(key: Any) -> str:
+    # IRNet stores 2007_000032 as the integer 2007000032; EPS stores the string.
+    if isinstance(key, (int, np.integer)):
+        s = str(int(key))
+        return f"{s[:4]}_{s[4:]}"
+    return str(key)
+
+
+def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Multi-hot image label derived from a mask (used when cls_labels.npy is absent)."""
+    present = np.unique(mask)
+    present = present[(present > 0) & (present != IGNORE_INDEX)]
+    vec = np.zeros(num_classes, dtype=np.float32)
+    vec[present.astype(np.int64) - 1] = 1.0
+    return vec
+
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample, np.random.Generator], Sample]
+
+
+class VOCDataset(torch.utils.data.Dataset):
+    """Samples of a VOC-layout split as dicts of numpy arrays, then tensors after `transform`.
+
+    Keys: `id`, `image` (H, W, 3 uint8), `label` (K float32 multi-hot), and when available
+    `mask` (H, W uint8, 255 = ignore) and `saliency` (H, W float32 in [0, 1]). The transform
+    receives a generator seeded from (seed, epoch, index), so augmentation is reproducible,
+    independent of worker count, and identical after a resume.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        *,
+        transform: Transform | None = None,
+        with_mask: bool = True,
+        with_saliency: bool = False,
+        mask_dir: str | os.PathLike | None = None,
+        saliency_dir: str | os.PathLike | None = None,
+        ids: Sequence[str] | None = None,
+        seed: int = 0,
+        cache: bool = False,
+    ) -> None:
+        self.layout = VOCLayout.discover(root, mask_dir=mask_dir, saliency_dir=saliency_dir)
+        self.split = split
+        self.class_names = self.layout.class_names()
+        self.num_classes = len(self.class_names)
+        self.ids = list(ids) if ids is not None else self.layout.split_ids(split)
+        self.transform = transform
+        self.with_mask = with_mask
+        self.with_saliency = with_saliency
+        self.seed = seed
+        self.epoch = 0
+        if with_mask and self.layout.mask_dir is None:
+            raise DatasetError(f"{self.layout.root} has no SegmentationClass(Aug) folder but masks were requested")
+        if with_saliency and self.layout.saliency_dir is None:
+            raise DatasetError(
+                f"{self.layout.root} has no SaliencyMaps folder; pass saliency_dir= to point at your saliency maps"
+            )
+        self._labels = self._load_labels()
+        self._cache: dict[int, Sample] | None = {} if cache else None
+
+    def _load_labels(self) -> dict[str, np.ndarray]:
+        if self.layout.cls_labels is not None:
+            labels = load_cls_labels(self.layout.cls_labels, self.num_classes)
+            missing = [i for i in self.ids if i not in labels]
+            if missing:
+                raise DatasetError(
+                    f"{self.layout.cls_labels} has no label for {len(missing)} listed id(s), e.g. {missing[:3]}"
+                )
+            return {i: labels[i] for i in self.ids}
+        if self.layout.mask_dir is None:
+            raise DatasetError(f"{self.layout.root} has neither cls_labels.npy nor masks to derive image labels from")
+        return {i: labels_from_mask(read_mask(self.layout.mask_dir / f"{i}.png"), self.num_classes) for i in self.ids}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def label(self, index: int) -> np.ndarray:
+        return self._labels[self.ids[index]]
+
+    def load(self, index: int) -> Sample:
+        """The raw, validated sample (no augmentation)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        sample_id = self.ids[index]
+        image = read_rgb(self.layout.image_dir / f"{sample_id}.jpg")
+        sample: Sample = {"id": sample_id, "image": image, "label": self._labels[sample_id]}
+        if self.with_mask:
+            path = self.layout.mask_dir / f"{sample_id}.png"
+            mask = read_mask(path)
+            if mask.shape != image.shape[:2]:
+                raise DatasetError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                                   f"{image.shape[1]}x{image.shape[0]}")
+            bad = (mask > self.num_classes) & (mask != IGNORE_INDEX)
+            if bad.any():
+                raise DatasetError(f"mask {path} holds class index {int(mask[bad].max())}, "
+                                   f"but the dataset has {self.num_classes} classes")
+            sample["mask"] = mask
+        if self.with_saliency:
+            path = self.layout.saliency_dir / f"{sample_id}.png"
+            sal = read_saliency(path)
+            if sal.shape != image.shape[:2]:
+                warnings.warn(f"saliency map {path} is {sal.shape[1]}x{sal.shape[0]}, image is "
+                              f"{image.shape[1]}x{image.shape[0]}: resized to the image", stacklevel=2)
+                sal = resize_saliency(sal, image.shape[:2])
+            sample["saliency"] = sal
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = dict(self.load(index))
+        sample["index"] = index
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            sample = self.transform(sample, rng)
+        return sample

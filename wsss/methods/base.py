@@ -1,0 +1,114 @@
+"""The one hook set every method implements, and the registry that finds methods by name.
+
+Like pytorch-grad-cam's variants, a method states only what its paper adds: its heads, its
+losses and how it turns outputs into class maps. The training loop, data, CAM inference,
+refinement and metrics are shared.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wsss.models.backbones import Backbone, build_backbone
+
+Batch = dict[str, Any]
+
+
+class WSSSMethod(nn.Module):
+    """Base class. Subclasses set `name` and override `new_modules`, `forward` and `class_maps`.
+
+    - `forward(batch, progress)` returns a dict of scalar losses; key "loss" is what is optimized,
+      the others are logged. `progress` runs from 0 to 1 over training (for warm-ups and annealing).
+      The training loop calls it through DistributedDataParallel, so all trainable work happens here.
+    - `class_maps(images)` returns non-negative (B, K, h, w) maps of the K foreground classes;
+      CAM inference sums them over scales and flips.
+    - `after_optimizer_step(progress)` runs after each optimizer step (EMA updates, ...).
+    """
+
+    name: ClassVar[str] = ""
+    # DDP must be told when some parameters get no gradient in a step (e.g. a branch switched on late).
+    find_unused_parameters: ClassVar[bool] = False
+    # Keys of the batch the method needs beyond image and label (e.g. "saliency").
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, num_classes: int, backbone: Backbone) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = backbone
+
+    def new_modules(self) -> list[nn.Module]:
+        """Layers trained from scratch: they get the larger learning rate (IRNet's 10x)."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        return None
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone at the base learning rate, new layers at `lr_mult` times it."""
+        new_ids = {id(p) for m in self.new_modules() for p in m.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        old = [p for p in trainable if id(p) not in new_ids]
+        new = [p for p in trainable if id(p) in new_ids]
+        return [{"params": old, "lr_mult": 1.0, "name": "backbone"}, {"params": new, "lr_mult": None, "name": "new"}]
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The multi-label soft-margin loss every CAM paper trains with."""
+    return F.multilabel_soft_margin_loss(logits, labels)
+
+
+def gap_cam_logits(features: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
+    """Image scores as IRNet computes them: global average pooling, then the 1x1 classifier."""
+    return classifier(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+
+def cam_from_features(features: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
+    """CAM = ReLU(W^T f) at every location: the classifier applied densely."""
+    return F.relu(F.conv2d(features, classifier.weight))
+
+
+_REGISTRY: dict[str, type[WSSSMethod]] = {}
+
+
+def register_method(cls: type[WSSSMethod]) -> type[WSSSMethod]:
+    if not cls.name or cls.name in _REGISTRY:
+        raise ValueError(f"method name {cls.name!r} is empty or taken")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def build_method(name: str, num_classes: int, backbone: str = "small", pretrained: str | None = None,
+                 backbone_options: dict[str, Any] | None = None, **options: Any) -> WSSSMethod:
+    """Instantiate a registered method on a named backbone; `options` are the method's own knobs."""
+    _import_all()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](num_classes, build_backbone(backbone, pretrained, **(backbone_options or {})), **options)
+
+
+def _import_all() -> None:
+    import importlib
+    import pkgutil
+
+    import wsss.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name != "base":
+            importlib.import_module(f"wsss.methods.{info.name}")
+
+
+MethodFactory = Callable[..., WSSSMethod]

@@ -1,0 +1,32 @@
+"""The CAM baseline every paper starts from (IRNet's `resnet50_cam`).
+
+Backbone -> global average pooling -> 1x1 classifier without bias, trained with the multi-label
+soft-margin loss; the CAM is the classifier applied at every location, rectified.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from wsss.methods.base import Batch, WSSSMethod, cam_from_features, classification_loss, gap_cam_logits, register_method
+from wsss.models.backbones import Backbone
+
+
+@register_method
+class CAM(WSSSMethod):
+    name = "cam"
+
+    def __init__(self, num_classes: int, backbone: Backbone) -> None:
+        super().__init__(num_classes, backbone)
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.classifier]
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        logits = gap_cam_logits(self.backbone(batch["image"])[-1], self.classifier)
+        loss = classification_loss(logits, batch["label"])
+        return {"loss": loss, "cls": loss.detach()}
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        return cam_from_features(self.backbone(images)[-1], self.classifier)

@@ -1,0 +1,164 @@
+"""Backbones chosen by name: multi-stage feature extractors every method builds on.
+
+A backbone returns the list of its stage outputs (fine to coarse), so a method can take the last
+stage (CAM), several stages (SANCE's contour branch) or feed an ASPP (shape cues). Pretrained
+weight loading is kept apart from the architecture (as timm does): `pretrained` is None (random
+init), "imagenet" (torchvision's weights, needs internet or a warm torch hub cache) or a path.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torchvision
+
+
+class Backbone(nn.Module):
+    """Stages applied in sequence; `forward` returns every stage's output."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int], strides: list[int],
+                 frozen_bn: bool = False) -> None:
+        super().__init__()
+        self.stem = stem
+        self.stages = nn.ModuleList(stages)
+        self.channels = channels  # output channels of each stage
+        self.strides = strides  # output stride of each stage w.r.t. the input
+        # IRNet keeps ImageNet BN statistics frozen: batches of 16 crops would estimate them badly.
+        self.frozen_bn = frozen_bn
+        if frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> "Backbone":
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels[-1]
+
+    @property
+    def output_stride(self) -> int:
+        return self.strides[-1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":  # batch-size independent: exact equivalence between 1 and N processes
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; use 'bn' or 'gn'")
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, dilation: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = _norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = _norm(norm, cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return self.relu(y + self.shortcut(x))
+
+
+def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn", **_: object) -> Backbone:
+    """A residual net sized for CPU training from scratch on SynthVOC: output stride 8.
+
+    Stage strides 2, 4, 8, 8 (the last stage dilated instead of strided, as DeepLab/IRNet do, so
+    CAMs keep their resolution).
+    """
+    stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True))
+    specs = [(widths[0], widths[0], 1, 1), (widths[0], widths[1], 2, 1), (widths[1], widths[2], 2, 1),
+             (widths[2], widths[3], 1, 2)]
+    stages: list[nn.Module] = [_BasicBlock(cin, cout, s, d, norm) for cin, cout, s, d in specs]
+    return Backbone(stem, stages, list(widths), [2, 4, 8, 8])
+
+
+def _resnet(arch: str, strides: tuple[int, int, int, int], pretrained: str | os.PathLike | None,
+            freeze_bn: bool) -> Backbone:
+    """torchvision ResNet with IRNet's stage strides; strides (2,2,2,1) give output stride 16."""
+    ctor: Callable[..., torchvision.models.ResNet] = getattr(torchvision.models, arch)
+    # Stride 1 in the last stage: torchvision expresses it as dilation (replace_stride_with_dilation),
+    # which keeps the receptive field of the pretrained filters.
+    net = ctor(weights=None, replace_stride_with_dilation=[False, False, strides[3] == 1])
+    if strides[2] == 1:
+        raise ValueError("only the last ResNet stage can have stride 1 here")
+    if pretrained is not None:
+        load_pretrained(net, arch, pretrained)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    expansion = 4 if arch in ("resnet50", "resnet101") else 1
+    channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    out_strides = [4, 8, 16, 16 if strides[3] == 1 else 32]
+    return Backbone(stem, stages, channels, out_strides, frozen_bn=freeze_bn)
+
+
+def load_pretrained(net: nn.Module, arch: str, pretrained: str | os.PathLike) -> None:
+    """Load ImageNet weights: 'imagenet' asks torchvision (downloads once), a path reads a file."""
+    if str(pretrained) == "imagenet":
+        weights = torchvision.models.get_weight(f"{_WEIGHT_ENUMS[arch]}.IMAGENET1K_V1")
+        try:
+            state = weights.get_state_dict(progress=True)
+        except Exception as exc:  # URLError, ConnectionError, ... : say what to do instead
+            raise RuntimeError(
+                f"could not fetch ImageNet weights for {arch} ({exc}). Offline? Save them once with "
+                f"torch.save(torchvision.models.{arch}(weights='IMAGENET1K_V1').state_dict(), PATH) on a "
+                "machine with internet and pass pretrained=PATH"
+            ) from exc
+    else:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights {path} do not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the ImageNet head is unused
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"weights {pretrained} do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+_WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+                 "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}
+
+
+def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs: object) -> Backbone:
+    """Backbones by name: 'small' (CPU, from scratch), 'resnet18', 'resnet50', 'resnet101'."""
+    if name == "small":
+        if pretrained is not None:
+            raise ValueError("the 'small' backbone has no pretrained weights; use pretrained=None")
+        return small_backbone(**kwargs)  # type: ignore[arg-type]
+    if name in _WEIGHT_ENUMS:
+        freeze_bn = bool(kwargs.get("freeze_bn", pretrained is not None))
+        return _resnet(name, (2, 2, 2, 1), pretrained, freeze_bn)
+    raise ValueError(f"unknown backbone {name!r}; available: {BACKBONES}")
+
+
+BACKBONES = ("small", *_WEIGHT_ENUMS)

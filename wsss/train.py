@@ -1,0 +1,395 @@
+"""The one training loop every method uses.
+
+Same code on CUDA (mixed precision, channels_last) and CPU; unchanged under `torchrun`
+(DistributedDataParallel, each rank takes its share of every global batch, only rank 0 writes).
+The data a step sees depends only on (seed, epoch, step), so a resumed run continues exactly where
+the killed one stopped, and N processes see the same global batches as one process.
+
+Files in `run_dir`: `checkpoint.pt` (atomic, every `ckpt_every` steps and on interrupt),
+`train_log.csv` (one row per logged step), `model.pt` and `train_summary.json` when finished.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from wsss.io import atomic_path, write_json, write_text
+from wsss.methods.base import WSSSMethod
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+LOG = "train_log.csv"
+SUMMARY = "train_summary.json"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 16  # global batch, split across processes
+    optimizer: str = "adamw"  # "adamw" for from-scratch CPU nets; "sgd" is IRNet's recipe for ImageNet weights
+    lr: float = 2e-3
+    new_layer_lr_mult: float = 10.0
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    poly_power: float = 0.9
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool | None = None  # None: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA
+    ckpt_every: int = 200
+    log_every: int = 1
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    images_per_s: float
+    last_losses: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Yields this rank's share of each global batch of an epoch, from step `start` on.
+
+    The permutation depends on (seed, epoch) only: every rank agrees on it, and a resumed run
+    sees the batches the interrupted one would have seen.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int, info: DistInfo) -> None:
+        if batch_size % info.world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {info.world_size} processes")
+        self.n, self.batch_size, self.seed, self.epoch, self.start, self.info = n, batch_size, seed, epoch, start, info
+
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch() - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for step in range(self.start, self.steps_per_epoch()):
+            batch = perm[step * self.batch_size:(step + 1) * self.batch_size]
+            yield batch[self.info.rank::self.info.world_size]
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoint & log
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1.0 - step / max(total, 1)) ** power
+
+
+def build_optimizer(method: WSSSMethod, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = []
+    for group in method.param_groups():
+        mult = cfg.new_layer_lr_mult if group["lr_mult"] is None else group["lr_mult"]
+        if group["params"]:
+            groups.append({"params": group["params"], "lr_mult": mult, "lr": cfg.lr * mult, "name": group["name"]})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'")
+
+
+def save_checkpoint(path: Path, method: WSSSMethod, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, step: int, cfg: TrainConfig) -> None:
+    state = {
+        "model": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "step": step,
+        "config": asdict(cfg),
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_model(method: WSSSMethod, run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> WSSSMethod:
+    """Load the finished model of a run (or its latest checkpoint when training was cut short)."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL).is_file():
+        state = torch.load(run_dir / MODEL, map_location=map_location, weights_only=True)
+    elif (run_dir / CHECKPOINT).is_file():
+        state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=False)["model"]
+    else:
+        raise FileNotFoundError(f"{run_dir} holds neither {MODEL} nor {CHECKPOINT}: train first")
+    method.load_state_dict(state)
+    return method
+
+
+class LossLog:
+    """Append-only CSV of per-step losses that a notebook can plot; truncated to the checkpoint
+    on resume so the curve has neither gaps nor duplicated steps."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        self.fields: list[str] | None = None
+        if not enabled:
+            return
+        rows = read_log(path) if path.is_file() and resume_step > 0 else []
+        rows = [r for r in rows if r["step"] <= resume_step]
+        if rows:
+            self.fields = list(rows[0])
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+            write_text(path, buf.getvalue())
+        elif path.exists():
+            path.unlink()
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new_file = self.fields is None
+        if new_file:
+            self.fields = list(row)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new_file:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, float]]:
+    """Rows of a train_log.csv as dicts of floats (`step` as int); a torn last line is dropped."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                parsed = {k: float(v) for k, v in row.items() if k is not None}
+            except (TypeError, ValueError):
+                continue  # a line cut short by a kill
+            if len(parsed) != len(row):
+                continue
+            parsed["step"] = int(parsed["step"])
+            rows.append(parsed)
+    return rows
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A scheduler's SIGTERM gets the same treatment as Ctrl-C: checkpoint, then stop."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfig,
+          run_dir: str | os.PathLike, resume: bool = True) -> TrainResult:
+    """Train `method` on `dataset` (which must have `set_epoch`) into `run_dir`.
+
+    With `resume`, a checkpoint in `run_dir` is picked up and training continues from its step;
+    a run that already finished returns at once.
+    """
+    run_dir = Path(run_dir)
+    probe_device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else cfg.device
+    info = init_distributed(torch.device(probe_device).type if probe_device != "auto" else "cpu")
+    device = resolve_device(cfg.device, info)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (run_dir / SUMMARY).is_file() and (run_dir / MODEL).is_file():
+        import json
+
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        load_model(method, run_dir)
+        method.to(device)
+        return TrainResult(**summary)
+
+    seed_everything(cfg.seed)
+    use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    method.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    optimizer = build_optimizer(method, cfg)
+    scaler = torch.amp.GradScaler("cuda") if (use_amp and amp_dtype == torch.float16) else None
+
+    n = len(dataset)
+    steps_per_epoch = n // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"dataset of {n} images is smaller than one batch of {cfg.batch_size}")
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+
+    step = 0
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        method.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+    resumed_from = step
+    log = LossLog(run_dir / LOG, step, info.is_main)
+
+    model: torch.nn.Module = method
+    if info.world_size > 1:
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=method.find_unused_parameters)
+    method.train()
+    bar = tqdm(total=total, initial=step, desc=f"train {method.name}", disable=not (cfg.progress and info.is_main),
+               dynamic_ncols=True)
+    window_t, window_imgs = time.perf_counter(), 0
+    t_start, trained_imgs = time.perf_counter(), 0
+    sums: dict[str, torch.Tensor] = {}
+    last: dict[str, float] = {}
+    try:
+        with _sigterm_as_interrupt():
+            while step < total:
+                epoch, start = divmod(step, steps_per_epoch)
+                dataset.set_epoch(epoch)
+                sampler = GlobalBatchSampler(n, cfg.batch_size, cfg.seed, epoch, start, info)
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                                     collate_fn=collate, pin_memory=device.type == "cuda")
+                for batch in loader:
+                    progress = step / total
+                    lr_scale = poly_lr(1.0, step, total, cfg.poly_power)
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.lr * group["lr_mult"] * lr_scale
+                    batch = _to_device(batch, device, channels_last)
+                    autocast = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
+                    with autocast:
+                        losses = model(batch, progress)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(losses["loss"]).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        losses["loss"].backward()
+                        optimizer.step()
+                    method.after_optimizer_step(progress)
+                    step += 1
+                    imgs = batch["image"].shape[0] * info.world_size
+                    window_imgs += imgs
+                    trained_imgs += imgs
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                    bar.update(1)
+                    if step % cfg.log_every == 0 or step == total:
+                        count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                        last = {k: float(v) / count for k, v in sums.items()}
+                        sums = {}
+                        now = time.perf_counter()
+                        ips = window_imgs / max(now - window_t, 1e-9)
+                        window_t, window_imgs = now, 0
+                        log.write({"step": step, "epoch": epoch, "lr": cfg.lr * lr_scale, **last, "images_per_s": ips})
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+                    if step % cfg.ckpt_every == 0 and step < total and info.is_main:
+                        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
+                    if step >= total:
+                        break
+    except KeyboardInterrupt:
+        if info.is_main:
+            save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
+            bar.write(f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; train again to resume")
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t_start
+    result = TrainResult(steps=step, seconds=seconds, images_per_s=trained_imgs / max(seconds, 1e-9),
+                         last_losses=last, resumed_from=resumed_from)
+    if info.is_main:
+        with atomic_path(run_dir / MODEL) as tmp:
+            torch.save(method.state_dict(), tmp)
+        write_json(run_dir / SUMMARY, asdict(result))
+        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
+    if info.world_size > 1:
+        dist.barrier()
+    method.eval()
+    return result
+
+
+def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if k == "image" and channels_last:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
