@@ -117,7 +117,7 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             if img.mode == "RGB":
-                return np.asarray(img, dtype=np.uint8)
+                return np.array(img, dtype=np.uint8)  # writable: pydensecrf and in-place ops need it
             if img.mode not in _CONVERTIBLE_MODES:
                 raise DatasetError(f"image {path} has mode {img.mode!r}, which cannot be converted to RGB")
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -147,7 +147,7 @@ def read_mask(path: Path) -> np.ndarray:
                     f"mask {path} has mode {img.mode!r}; masks must hold class indices "
                     "(palette 'P' or grayscale 'L' PNG), not colours"
                 )
-            return np.asarray(img, dtype=np.uint8)
+            return np.array(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DatasetError(f"mask {path} cannot be read: {exc}") from exc
 

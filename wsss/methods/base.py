@@ -6,7 +6,7 @@ refinement and metrics are shared.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -91,13 +91,17 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_method(name: str, num_classes: int, backbone: str = "small", pretrained: str | None = None,
-                 backbone_options: dict[str, Any] | None = None, **options: Any) -> WSSSMethod:
-    """Instantiate a registered method on a named backbone; `options` are the method's own knobs."""
+def method_class(name: str) -> type[WSSSMethod]:
     _import_all()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](num_classes, build_backbone(backbone, pretrained, **(backbone_options or {})), **options)
+    return _REGISTRY[name]
+
+
+def build_method(name: str, num_classes: int, backbone: str = "small", pretrained: str | None = None,
+                 backbone_options: dict[str, Any] | None = None, **options: Any) -> WSSSMethod:
+    """Instantiate a registered method on a named backbone; `options` are the method's own knobs."""
+    return method_class(name)(num_classes, build_backbone(backbone, pretrained, **(backbone_options or {})), **options)
 
 
 def _import_all() -> None:
@@ -110,5 +114,3 @@ def _import_all() -> None:
         if info.name != "base":
             importlib.import_module(f"wsss.methods.{info.name}")
 
-
-MethodFactory = Callable[..., WSSSMethod]

@@ -1,0 +1,116 @@
+"""Dataset-level evaluation of label maps and class maps against ground truth.
+
+Bundles the metrics every report row carries (mIoU, per-class IoU, foreground precision and
+recall, boundary IoU, SynthVOC's context false-positive rate) and the background-threshold
+sweep of IRNet's `eval_cam`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from wsss.inference import load_cam
+from wsss.io import load_label_png
+from wsss.metrics import BoundaryIoUMeter, ConfusionMeter, ContextFPMeter
+from wsss.pseudo import cam_to_label, cam_to_labels_sweep
+from wsss.refine.crf import CRFParams
+
+DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())
+
+
+def context_dir_of(dataset) -> Path | None:
+    """SynthVOC's ContextMasks folder beside the images, if the dataset has one."""
+    path = dataset.layout.root / "ContextMasks"
+    return path if path.is_dir() else None
+
+
+class SegmentationEvaluator:
+    """Accumulates mIoU, precision/recall, boundary IoU and (when given) the context FP rate."""
+
+    def __init__(self, class_names: Sequence[str], boundary: bool = True) -> None:
+        self.class_names = ["background", *class_names]
+        k = len(self.class_names)
+        self.conf = ConfusionMeter(k)
+        self.boundary = BoundaryIoUMeter(k) if boundary else None
+        self.context = ContextFPMeter()
+
+    def update(self, pred: np.ndarray, gt: np.ndarray, context: np.ndarray | None = None) -> None:
+        self.conf.update(pred, gt)
+        if self.boundary is not None:
+            self.boundary.update(pred, gt)
+        if context is not None:
+            self.context.update(pred, context)
+
+    def scores(self) -> dict[str, Any]:
+        s = self.conf.scores(self.class_names)
+        out: dict[str, Any] = {
+            "miou": s["miou"], "pixel_acc": s["pixel_acc"],
+            "fg_precision": s["fg_precision"], "fg_recall": s["fg_recall"],
+            "iou": dict(zip(self.class_names, s["iou"])),
+            "precision": dict(zip(self.class_names, s["precision"])),
+            "recall": dict(zip(self.class_names, s["recall"])),
+        }
+        if self.boundary is not None:
+            out["boundary_iou"] = self.boundary.scores()["boundary_iou"]
+        ctx = self.context.scores()
+        out["context_fp_rate"] = ctx["context_fp_rate"]
+        return out
+
+
+def _context(context_dir: Path | None, sample_id: str) -> np.ndarray | None:
+    return load_label_png(context_dir / f"{sample_id}.png") if context_dir is not None else None
+
+
+def sweep_cam_thresholds(cam_dir: str | os.PathLike, dataset, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                         progress: bool = True) -> dict[str, Any]:
+    """mIoU (and the rest) of the thresholded class maps at every background threshold.
+
+    Returns {"thresholds", "miou" (list), "best_threshold", "best": scores at the best one}.
+    """
+    cam_dir = Path(cam_dir)
+    ctx_dir = context_dir_of(dataset)
+    evals = [SegmentationEvaluator(dataset.class_names, boundary=False) for _ in thresholds]
+    for i in tqdm(range(len(dataset)), desc="threshold sweep", disable=not progress, dynamic_ncols=True):
+        sample_id = dataset.ids[i]
+        keys, cam = load_cam(cam_dir / f"{sample_id}.npz")
+        gt = dataset.load(i)["mask"]
+        context = _context(ctx_dir, sample_id)
+        for ev, pred in zip(evals, cam_to_labels_sweep(keys, cam, thresholds)):
+            ev.update(pred, gt, context)
+    mious = [ev.scores()["miou"] for ev in evals]
+    best = int(np.nanargmax(mious))
+    return {"thresholds": list(thresholds), "miou": mious, "best_threshold": float(thresholds[best]),
+            "per_threshold": [ev.scores() for ev in evals]}
+
+
+def evaluate_cams(cam_dir: str | os.PathLike, dataset, bg_threshold: float, crf: CRFParams | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Full scores (incl. boundary IoU) of the class maps thresholded at `bg_threshold`, with optional CRF."""
+    cam_dir = Path(cam_dir)
+    ctx_dir = context_dir_of(dataset)
+    ev = SegmentationEvaluator(dataset.class_names)
+    desc = f"eval thr={bg_threshold:.2f}{' +crf' if crf else ''}"
+    for i in tqdm(range(len(dataset)), desc=desc, disable=not progress, dynamic_ncols=True):
+        sample = dataset.load(i)
+        keys, cam = load_cam(cam_dir / f"{sample['id']}.npz")
+        pred = cam_to_label(keys, cam, bg_threshold, sample["image"], crf)
+        ev.update(pred, sample["mask"], _context(ctx_dir, sample["id"]))
+    return ev.scores()
+
+
+def evaluate_label_dir(pred_dir: str | os.PathLike, dataset, progress: bool = True) -> dict[str, Any]:
+    """Scores of a folder of label PNGs (pseudo masks or predictions) over `dataset`'s ids."""
+    pred_dir = Path(pred_dir)
+    ctx_dir = context_dir_of(dataset)
+    ev = SegmentationEvaluator(dataset.class_names)
+    for i in tqdm(range(len(dataset)), desc=f"eval {pred_dir.name}", disable=not progress, dynamic_ncols=True):
+        sample = dataset.load(i)
+        path = pred_dir / f"{sample['id']}.png"
+        if not path.is_file():
+            raise FileNotFoundError(f"prediction {path} is missing")
+        ev.update(load_label_png(path), sample["mask"], _context(ctx_dir, sample["id"]))
+    return ev.scores()

@@ -1,0 +1,234 @@
+"""One experiment = one method on one dataset, its stages writing into one run directory.
+
+Stages (IRNet's named steps): `train` -> `class_maps` -> `sweep` (background threshold) ->
+`evaluate` (with/without CRF) -> `pseudo_masks`. Each stage skips work already on disk, so a
+notebook re-run, a killed run or a second notebook that needs the same baseline costs nothing.
+Every reported row carries its provenance: split, threshold, CRF, scales, seed, config hash and
+code version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss import __version__
+from wsss.data.transforms import eval_transform, train_transform
+from wsss.data.voc import VOCDataset
+from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
+from wsss.inference import infer_class_maps
+from wsss.io import write_json
+from wsss.methods.base import WSSSMethod, build_method, method_class
+from wsss.pseudo import write_pseudo_masks
+from wsss.refine.crf import CRFParams
+from wsss.train import TrainConfig, TrainResult, load_model, train
+
+# Training recipes per SynthVOC preset, sized for the machine each preset targets.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(epochs=2, batch_size=8, lr=2e-3, optimizer="adamw", ckpt_every=50),
+    "quick": dict(epochs=8, batch_size=16, lr=2e-3, optimizer="adamw", ckpt_every=100),
+    "full": dict(epochs=15, batch_size=16, lr=2e-3, optimizer="adamw", ckpt_every=500),
+    # Real VOC with an ImageNet ResNet-50: IRNet's recipe.
+    "voc": dict(epochs=5, batch_size=16, lr=0.1, optimizer="sgd", weight_decay=1e-4, ckpt_every=500),
+}
+
+
+@dataclass
+class ExperimentConfig:
+    method: str = "cam"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    backbone: str = "small"
+    pretrained: str | None = None
+    data_root: str | None = None  # None: the SynthVOC preset, generated on first use
+    preset: str = "quick"
+    data_seed: int = 0
+    train_split: str = "train"
+    eval_split: str = "val"
+    crop_size: int | None = None  # None: the SynthVOC image size, or 448 for other data
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    saliency_dir: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    crf: CRFParams = field(default_factory=CRFParams)
+    run_root: str = "runs"
+    name: str | None = None
+
+    @classmethod
+    def for_preset(cls, preset: str = "quick", **overrides: Any) -> "ExperimentConfig":
+        """Defaults of a preset, with `overrides`; keys of TrainConfig may be given at top level."""
+        train_keys = {f.name for f in fields(TrainConfig)}
+        train_over = {k: overrides.pop(k) for k in list(overrides) if k in train_keys}
+        recipe = TRAIN_PRESETS["voc" if overrides.get("data_root") else preset]
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown experiment settings {sorted(unknown)}")
+        return cls(preset=preset, train=TrainConfig(**{**recipe, **train_over}), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes results (not where runs live, not progress bars)."""
+        d = self.to_dict()
+        for k in ("run_root", "name"):
+            d.pop(k)
+        for k in ("progress", "num_workers", "ckpt_every", "log_every"):
+            d["train"].pop(k)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def code_version() -> str:
+    """Package version plus git commit (and '+dirty' with uncommitted changes), when in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "wsss"], cwd=here, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+{commit}{'-dirty' if dirty else ''}" if commit else __version__
+
+
+class Experiment:
+    def __init__(self, config: ExperimentConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.data_root = Path(config.data_root) if config.data_root else self._synthvoc_root()
+        name = config.name or f"{config.method}-{config.backbone}-{config.preset}-{config.config_hash()}"
+        self.run_dir = Path(config.run_root) / name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", {**config.to_dict(), "config_hash": config.config_hash()})
+        self._method: WSSSMethod | None = None
+        self._datasets: dict[tuple[str, bool], VOCDataset] = {}
+
+    def _synthvoc_root(self) -> Path:
+        from wsss.data import synthvoc
+
+        return synthvoc.generate(synthvoc.default_root(self.config.preset, self.config.data_seed),
+                                 preset=self.config.preset, seed=self.config.data_seed, progress=self.progress)
+
+    # ------------------------------------------------------------------ data and model
+
+    @property
+    def device(self) -> torch.device:
+        name = self.config.train.device
+        return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+    def crop_size(self) -> int:
+        if self.config.crop_size:
+            return self.config.crop_size
+        meta = self.data_root / "meta.json"
+        if meta.is_file():
+            return int(json.loads(meta.read_text())["config"]["image_size"])
+        return 448
+
+    def dataset(self, split: str, train: bool = False) -> VOCDataset:
+        """The split with training augmentation (`train=True`) or plain, with masks when evaluating."""
+        key = (split, train)
+        if key not in self._datasets:
+            needs_saliency = "saliency" in method_class(self.config.method).requires
+            transform = (train_transform(self.crop_size(), self.config.scale_range) if train else eval_transform())
+            self._datasets[key] = VOCDataset(
+                self.data_root, split, transform=transform, with_mask=not train,
+                with_saliency=needs_saliency and train, saliency_dir=self.config.saliency_dir,
+                seed=self.config.train.seed, cache=True)
+        return self._datasets[key]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.dataset(self.config.eval_split).class_names
+
+    @property
+    def method(self) -> WSSSMethod:
+        if self._method is None:
+            c = self.config
+            torch.manual_seed(c.train.seed)
+            self._method = build_method(c.method, len(self.class_names), c.backbone, c.pretrained, **c.method_options)
+        return self._method
+
+    # ------------------------------------------------------------------ stages
+
+    def train(self, resume: bool = True) -> TrainResult:
+        ds = self.dataset(self.config.train_split, train=True)
+        cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
+        return train(self.method, ds, cfg, self.run_dir, resume=resume)
+
+    def trained_method(self) -> WSSSMethod:
+        """The trained model, in eval mode on the experiment's device (trains first if needed)."""
+        if not (self.run_dir / "model.pt").is_file():
+            self.train()
+        m = load_model(self.method, self.run_dir).to(self.device)
+        return m.eval()
+
+    def class_maps(self, split: str | None = None) -> Path:
+        split = split or self.config.eval_split
+        out = self.run_dir / "cams" / split
+        ds = self.dataset(split)
+        if not (out / "_done").is_file():
+            m = self.trained_method()
+            infer_class_maps(m.class_maps, ds, out, scales=self.config.scales, flip=self.config.flip,
+                             device=self.device, progress=self.progress)
+            (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return out
+
+    def sweep(self, split: str | None = None) -> dict[str, Any]:
+        split = split or self.config.eval_split
+        return self._cached(f"sweep_{split}", lambda: sweep_cam_thresholds(
+            self.class_maps(split), self.dataset(split), self.config.thresholds, progress=self.progress))
+
+    def best_threshold(self, split: str | None = None) -> float:
+        return self.sweep(split)["best_threshold"]
+
+    def evaluate(self, split: str | None = None, bg_threshold: float | None = None, crf: bool = False) -> dict[str, Any]:
+        """Scores of the thresholded class maps (best threshold of the sweep by default)."""
+        split = split or self.config.eval_split
+        thr = self.best_threshold(split) if bg_threshold is None else bg_threshold
+        key = f"eval_{split}_thr{thr:.2f}{'_crf' if crf else ''}"
+        scores = self._cached(key, lambda: evaluate_cams(self.class_maps(split), self.dataset(split), thr,
+                                                         self.config.crf if crf else None, progress=self.progress))
+        return {**scores, **self.provenance(split, thr, crf)}
+
+    def pseudo_masks(self, split: str | None = None, bg_threshold: float | None = None, crf: bool = False) -> Path:
+        split = split or self.config.train_split
+        thr = self.best_threshold(self.config.eval_split) if bg_threshold is None else bg_threshold
+        out = self.run_dir / "pseudo_masks" / f"{split}_thr{thr:.2f}{'_crf' if crf else ''}"
+        if not (out / "_done").is_file():
+            write_pseudo_masks(self.class_maps(split), self.dataset(split), out, thr,
+                               self.config.crf if crf else None, progress=self.progress)
+            (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return out
+
+    def evaluate_masks(self, pred_dir: str | os.PathLike, split: str | None = None) -> dict[str, Any]:
+        return evaluate_label_dir(pred_dir, self.dataset(split or self.config.eval_split), progress=self.progress)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def provenance(self, split: str, bg_threshold: float | None, crf: bool) -> dict[str, Any]:
+        c = self.config
+        return {"method": c.method, "backbone": c.backbone, "split": split, "bg_threshold": bg_threshold,
+                "crf": crf, "scales": list(c.scales), "flip": c.flip, "seed": c.train.seed,
+                "data": str(self.data_root), "config_hash": c.config_hash(),
+                "config_file": str(self.run_dir / "config.json"), "code_version": code_version()}
+
+    def _cached(self, key: str, compute) -> dict[str, Any]:
+        path = self.run_dir / f"{key}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        result = compute()
+        write_json(path, result)
+        return json.loads(json.dumps(result, default=float))
+
+    def train_log(self) -> list[dict[str, float]]:
+        from wsss.train import LOG, read_log
+
+        return read_log(self.run_dir / LOG)
