@@ -25,6 +25,7 @@ from wsss.data.voc import VOCDataset
 from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
 from wsss.inference import infer_class_maps
 from wsss.io import write_json
+from wsss.paths import runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.pseudo import write_pseudo_masks
 from wsss.refine.crf import CRFParams
@@ -59,15 +60,19 @@ class ExperimentConfig:
     flip: bool = True
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     crf: CRFParams = field(default_factory=CRFParams)
-    run_root: str = "runs"
+    run_root: str | None = None  # None: wsss.paths.runs_dir()
     name: str | None = None
 
     @classmethod
     def for_preset(cls, preset: str = "quick", **overrides: Any) -> "ExperimentConfig":
-        """Defaults of a preset, with `overrides`; keys of TrainConfig may be given at top level."""
+        """Defaults of a preset, with `overrides`; keys of TrainConfig may be given at top level.
+        Overrides that are None are ignored, so notebook parameters can use None for "preset default"."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         train_keys = {f.name for f in fields(TrainConfig)}
         train_over = {k: overrides.pop(k) for k in list(overrides) if k in train_keys}
-        recipe = TRAIN_PRESETS["voc" if overrides.get("data_root") else preset]
+        root = overrides.get("data_root")
+        # A user-supplied folder that SynthVOC did not write is real data: IRNet's recipe.
+        recipe = TRAIN_PRESETS["voc" if root and not (Path(root) / "meta.json").is_file() else preset]
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown experiment settings {sorted(unknown)}")
@@ -105,7 +110,7 @@ class Experiment:
         self.progress = progress
         self.data_root = Path(config.data_root) if config.data_root else self._synthvoc_root()
         name = config.name or f"{config.method}-{config.backbone}-{config.preset}-{config.config_hash()}"
-        self.run_dir = Path(config.run_root) / name
+        self.run_dir = Path(config.run_root or runs_dir()) / name
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", {**config.to_dict(), "config_hash": config.config_hash()})
         self._method: WSSSMethod | None = None
@@ -129,7 +134,7 @@ class Experiment:
             return self.config.crop_size
         meta = self.data_root / "meta.json"
         if meta.is_file():
-            return int(json.loads(meta.read_text())["config"]["image_size"])
+            return int(json.loads(meta.read_text())["params"]["image_size"])
         return 448
 
     def dataset(self, split: str, train: bool = False) -> VOCDataset:
@@ -208,10 +213,20 @@ class Experiment:
             (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
         return out
 
+    def final_pseudo_masks(self, split: str | None = None) -> Path:
+        """The method's own pseudo masks (its `pseudo_labels` hook), else thresholded class maps."""
+        split = split or self.config.train_split
+        return self.method.pseudo_labels(self, split) or self.pseudo_masks(split)
+
     def evaluate_masks(self, pred_dir: str | os.PathLike, split: str | None = None) -> dict[str, Any]:
         return evaluate_label_dir(pred_dir, self.dataset(split or self.config.eval_split), progress=self.progress)
 
     # ------------------------------------------------------------------ bookkeeping
+
+    def phenomena(self) -> dict[str, Any]:
+        """SynthVOC's planted phenomena (part-defined classes, context) from meta.json; {} for real data."""
+        meta = self.data_root / "meta.json"
+        return json.loads(meta.read_text()).get("phenomena", {}) if meta.is_file() else {}
 
     def provenance(self, split: str, bg_threshold: float | None, crf: bool) -> dict[str, Any]:
         c = self.config

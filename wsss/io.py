@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 IGNORE_INDEX = 255
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -46,6 +48,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

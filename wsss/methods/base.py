@@ -6,6 +6,7 @@ refinement and metrics are shared.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -50,6 +51,12 @@ class WSSSMethod(nn.Module):
         raise NotImplementedError
 
     def after_optimizer_step(self, progress: float) -> None:
+        return None
+
+    def pseudo_labels(self, experiment: Any, split: str) -> Path | None:
+        """Final pseudo masks of `split` as a folder of label PNGs, for methods whose paper refines
+        class maps its own way (random walk, SPR, a decoder's output). None: the shared path,
+        thresholded class maps at the best background threshold of the sweep."""
         return None
 
     def param_groups(self) -> list[dict[str, Any]]:

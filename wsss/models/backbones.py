@@ -90,14 +90,15 @@ class _BasicBlock(nn.Module):
 def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn", **_: object) -> Backbone:
     """A residual net sized for CPU training from scratch on SynthVOC: output stride 8.
 
-    Stage strides 2, 4, 8, 8 (the last stage dilated instead of strided, as DeepLab/IRNet do, so
-    CAMs keep their resolution).
+    Stage strides 4, 8, 8, 8: downsampling early keeps the full-resolution layers cheap (most of
+    the cost of a small net); the last two stages are dilated instead of strided, as DeepLab and
+    IRNet do, so CAMs keep their resolution.
     """
     stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True))
-    specs = [(widths[0], widths[0], 1, 1), (widths[0], widths[1], 2, 1), (widths[1], widths[2], 2, 1),
+    specs = [(widths[0], widths[0], 2, 1), (widths[0], widths[1], 2, 1), (widths[1], widths[2], 1, 2),
              (widths[2], widths[3], 1, 2)]
     stages: list[nn.Module] = [_BasicBlock(cin, cout, s, d, norm) for cin, cout, s, d in specs]
-    return Backbone(stem, stages, list(widths), [2, 4, 8, 8])
+    return Backbone(stem, stages, list(widths), [4, 8, 8, 8])
 
 
 def _resnet(arch: str, strides: tuple[int, int, int, int], pretrained: str | os.PathLike | None,

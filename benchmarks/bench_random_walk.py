@@ -1,0 +1,164 @@
+"""Benchmark the boundary-guided random walk (wsss.refine.random_walk).
+
+Times ``affinity_from_boundary`` + ``propagate`` for one image
+(delta=5, n=10, 21 classes) at map sizes 32x32 (128x128 input at stride 4) and
+128x128 (512x512 VOC-scale input at stride 4), for
+
+* ``t = 8`` literal steps, and
+* ``2**8 = 256`` steps (IRNet's ``exp_times=8`` / SANCE's ``t=8`` semantics),
+
+with the banded (default) and the sparse-CSR propagation, on CPU and CUDA when
+available.  Peak memory: CPU -> ``ru_maxrss`` growth of a fresh subprocess per
+configuration (high-water mark, so each config runs in its own process);
+CUDA -> ``torch.cuda.max_memory_allocated`` above the inputs.
+
+Usage::
+
+    python benchmarks/bench_random_walk.py [--sizes 32 128] [--steps 8 256]
+        [--methods banded sparse] [--devices cpu cuda] [--reps 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child(cfg: dict) -> dict:
+    import resource
+
+    import torch
+
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    sys.path.insert(0, ROOT)
+    from wsss.refine.random_walk import (
+        affinity_from_boundary,
+        propagate,
+        sparse_propagate,
+        to_sparse_transition,
+    )
+
+    dev = torch.device(cfg["device"])
+    s, C, steps = cfg["size"], cfg["classes"], cfg["steps"]
+    g = torch.Generator().manual_seed(0)
+    boundary = torch.rand(1, 1, s, s, generator=g).to(dev)
+    scores = torch.rand(1, C, s, s, generator=g).to(dev)
+
+    def run():
+        with torch.no_grad():
+            A, off = affinity_from_boundary(boundary, radius=cfg["radius"], power=cfg["power"])
+            if cfg["method"] == "banded":
+                out = propagate(scores, A, off, steps)
+            else:
+                out = sparse_propagate(scores, to_sparse_transition(A, off), steps)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    def rss_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated()
+    rss0 = rss_mb()
+    run()  # warm-up (also the memory measurement)
+    peak = {"rss_delta_mb": rss_mb() - rss0}
+    if dev.type == "cuda":
+        peak["gpu_peak_mb"] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
+    aff_times = []
+    for _ in range(cfg["reps"]):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            affinity_from_boundary(boundary, radius=cfg["radius"], power=cfg["power"])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        aff_times.append(time.perf_counter() - t0)
+    aff_times.sort()
+    times = []
+    for _ in range(cfg["reps"]):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {**cfg, **peak, "median_s": times[len(times) // 2], "min_s": times[0],
+            "aff_median_s": aff_times[len(aff_times) // 2],
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 128], help="map side (h = w)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[8, 256], help="literal walk steps")
+    ap.add_argument("--methods", nargs="+", default=["banded", "sparse"], choices=["banded", "sparse"])
+    ap.add_argument("--devices", nargs="+", default=None, help="default: cpu (+ cuda if available)")
+    ap.add_argument("--classes", type=int, default=21)
+    ap.add_argument("--radius", type=float, default=5.0)
+    ap.add_argument("--power", type=float, default=10.0)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads, default 1 (per-image cost; parallelise over images "
+                         "with processes); 0 = torch default")
+    ap.add_argument("--json", action="store_true", help="also print raw JSON rows")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.child:
+        print(json.dumps(_child(json.loads(args.child))))
+        return
+
+    devices = args.devices
+    if devices is None:
+        import torch
+
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    rows = []
+    for dev in devices:
+        for size in args.sizes:
+            for steps in args.steps:
+                for method in args.methods:
+                    cfg = dict(device=dev, size=size, steps=steps, method=method, classes=args.classes,
+                               radius=args.radius, power=args.power, reps=args.reps, threads=args.threads)
+                    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
+                                          capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        print(f"[{dev} {size} {steps} {method}] failed:\n{proc.stderr}", file=sys.stderr)
+                        continue
+                    rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    r = rows[-1]
+                    print(f"  done {dev} {size}x{size} steps={steps} {method}: {r['median_s']*1e3:.1f} ms",
+                          file=sys.stderr, flush=True)
+
+    print(f"\nrandom walk per image: affinity_from_boundary + propagate, delta={args.radius:g}, "
+          f"n={args.power:g}, C={args.classes}, median of {args.reps} (after 1 warm-up)")
+    hdr = f"{'device':6} {'map':>8} {'input@s4':>9} {'steps':>5} {'method':>7} {'thr':>3} " \
+          f"{'aff ms':>7} {'total ms':>9} {'min ms':>8} {'ms/step':>8} {'peak MB':>8}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        mem = r.get("gpu_peak_mb", r["rss_delta_mb"])
+        kind = "gpu" if "gpu_peak_mb" in r else "rss"
+        per_step = (r["median_s"] - r["aff_median_s"]) * 1e3 / max(r["steps"], 1)
+        print(f"{r['device']:6} {r['size']:>4}x{r['size']:<3} {r['size'] * 4:>9} {r['steps']:>5} "
+              f"{r['method']:>7} {r['threads']:>3} {r['aff_median_s'] * 1e3:>7.1f} "
+              f"{r['median_s'] * 1e3:>9.1f} {r['min_s'] * 1e3:>8.1f} {per_step:>8.2f} {mem:>6.1f}{kind[0]}")
+    print("aff ms: affinity_from_boundary alone; total: affinity + propagation (sparse: incl. CSR build); "
+          "ms/step = (total - aff) / steps")
+    print("peak MB: r = ru_maxrss growth during the first call (fresh process), "
+          "g = torch.cuda.max_memory_allocated above the inputs")
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

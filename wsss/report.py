@@ -1,0 +1,104 @@
+"""The workbench's result table: `reports/metrics.csv` (every column) and `reports/metrics.md`.
+
+Each row is one (method, variant, stage, split, threshold, CRF) result with its provenance, so a
+number can be traced back to the configuration and code that produced it and re-run. Writing a
+row replaces an older row with the same key: re-running a notebook updates its rows.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from wsss.io import write_text
+from wsss.paths import reports_dir
+
+KEY = ("method", "variant", "stage", "split", "bg_threshold", "crf")
+COLUMNS = (
+    *KEY, "miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "contour_f",
+    "train_s", "images_per_s", "scales", "flip", "seed", "backbone", "data", "config_hash", "config_file",
+    "code_version",
+)
+# What metrics.md shows (metrics.csv keeps everything).
+SUMMARY = (("method", "method"), ("variant", "variant"), ("stage", "stage"), ("split", "split"),
+           ("miou", "mIoU"), ("fg_precision", "prec"), ("fg_recall", "rec"), ("boundary_iou", "bIoU"),
+           ("context_fp_rate", "ctx FP"), ("part_recall", "part rec"), ("contour_f", "contour F"),
+           ("bg_threshold", "thr"), ("crf", "CRF"), ("train_s", "train s"), ("config_hash", "config"))
+
+
+def make_row(scores: dict[str, Any], *, variant: str = "", stage: str = "cam",
+             part_classes: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    """A report row from evaluation scores (which carry provenance keys) plus `extra` columns."""
+    row = {k: scores.get(k) for k in COLUMNS if k in scores}
+    recall = scores.get("recall", {})
+    if part_classes and recall:
+        vals = [recall[c] for c in part_classes if c in recall and not _isnan(recall[c])]
+        row["part_recall"] = sum(vals) / len(vals) if vals else None
+    row.update(variant=variant, stage=stage, **extra)
+    return row
+
+
+def _isnan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row.get(k, "")) for k in KEY)
+
+
+def read_rows(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    path = Path(path) if path else reports_dir() / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def record(rows: Iterable[dict[str, Any]], folder: str | os.PathLike | None = None) -> Path:
+    """Upsert `rows` into metrics.csv and regenerate metrics.md; returns the CSV path."""
+    folder = Path(folder) if folder else reports_dir()
+    csv_path = folder / "metrics.csv"
+    table = {_key(r): r for r in read_rows(csv_path)}
+    for r in rows:
+        r = {k: _fmt(v) for k, v in r.items()}
+        table[_key(r)] = r
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(sorted(table.values(), key=lambda r: (r.get("method", ""), r.get("stage", ""), r.get("variant", ""))))
+    write_text(csv_path, buf.getvalue())
+    write_text(folder / "metrics.md", markdown_table(list(table.values())))
+    return csv_path
+
+
+def _fmt(v: Any) -> str:
+    if v is None or _isnan(v):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, (list, tuple)):
+        return " ".join(str(x) for x in v)
+    return str(v)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    rows = sorted(rows, key=lambda r: (r.get("method", ""), r.get("stage", ""), r.get("variant", "")))
+    lines = ["| " + " | ".join(h for _, h in SUMMARY) + " |", "|" + "---|" * len(SUMMARY)]
+    for r in rows:
+        cells = []
+        for k, _ in SUMMARY:
+            v = r.get(k, "")
+            try:
+                v = f"{100 * float(v):.1f}" if k in ("miou", "fg_precision", "fg_recall", "boundary_iou",
+                                                    "context_fp_rate", "part_recall", "contour_f") and v != "" else v
+            except ValueError:
+                pass
+            cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    note = ("\nPercentages. mIoU over background + classes; prec/rec: mean over foreground classes; bIoU: boundary "
+            "IoU; ctx FP: share of context pixels (rail, water) labelled as their co-occurring class; part rec: "
+            "recall of the part-defined classes. Every row's full provenance is in metrics.csv.\n")
+    return "\n".join(lines) + "\n" + note
