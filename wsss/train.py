@@ -14,6 +14,7 @@ import csv
 import io
 import os
 import signal
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -366,7 +367,8 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
     except KeyboardInterrupt:
         if info.is_main:
             save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
-            bar.write(f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; train again to resume")
+            tqdm.write(f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; train again to resume",
+                       file=sys.stderr)
         raise
     finally:
         bar.close()

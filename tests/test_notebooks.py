@@ -1,0 +1,36 @@
+"""Every notebook runs headless under papermill on the tiny preset.
+
+The regression side (same notebooks, outputs of the `NBVAL_CHECK_OUTPUT` cells compared with the
+stored ones) is nbval on tests/regression/*.ipynb; refresh those with
+`python tests/regression/update.py` after a change that is meant to alter results.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from wsss.runner import run_notebook
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_one_parameters_cell(notebook: Path) -> None:
+    nb = nbformat.read(notebook, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{notebook.name} needs exactly one cell tagged 'parameters'"
+    assert "preset" in tagged[0].source, "the demo and the tests pass `preset`"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_under_papermill(notebook: Path, tiny_root: Path, tmp_path: Path) -> None:
+    out = run_notebook(notebook, {"preset": "tiny"}, output_dir=tmp_path, progress=False)
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])), \
+        "the notebook shows no figure"
