@@ -1,0 +1,80 @@
+"""Training throughput (images/s) and peak memory of methods and backbones on random batches.
+
+    python benchmarks/bench_train.py                       # every method on 'small' at 96 px
+    python benchmarks/bench_train.py --backbone resnet50 --size 128 --methods cam
+    python benchmarks/bench_train.py --device cuda --batch 16
+
+Random inputs isolate the model's cost from data loading (SynthVOC batches are loaded from an
+in-memory cache in training, so the loop adds little). On CUDA it uses the training loop's
+settings: bf16 autocast and channels_last.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from contextlib import nullcontext
+
+import torch
+
+from wsss.methods.base import available_methods, build_method, method_class
+
+
+def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, warmup: int, device: str,
+          num_classes: int = 8) -> dict[str, float]:
+    torch.manual_seed(0)
+    method = build_method(method_name, num_classes, backbone).to(device)
+    cuda = device.startswith("cuda")
+    if cuda:
+        method = method.to(memory_format=torch.channels_last)
+    method.train()
+    opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+    labels = torch.zeros(batch, num_classes, device=device)
+    labels[torch.arange(batch), torch.randint(0, num_classes, (batch,))] = 1
+    b = {"image": torch.randn(batch, 3, size, size, device=device), "label": labels,
+         "valid": torch.ones(batch, size, size, dtype=torch.bool, device=device),
+         "index": torch.arange(batch), "id": [f"x{i}" for i in range(batch)]}
+    if "saliency" in method_class(method_name).requires:
+        b["saliency"] = torch.rand(batch, size, size, device=device)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with autocast():
+            loss = method(b, progress=0.5)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        method.after_optimizer_step(0.5)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"images_per_s": batch * steps / seconds, "s_per_step": seconds / steps, "peak_mb": peak}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    p.add_argument("--backbone", default="small")
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    methods = args.methods or [m for m in available_methods() if m != "segmentation"]
+    print(f"device {args.device}, backbone {args.backbone}, {args.size} px, batch {args.batch}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'method':<14}{'images/s':>10}{'s/step':>9}{'peak MB':>9}  (peak MB: process RSS on CPU)")
+    for name in methods:
+        r = bench(name, args.backbone, args.size, args.batch, args.steps, args.warmup, args.device)
+        print(f"{name:<14}{r['images_per_s']:>10.1f}{r['s_per_step']:>9.3f}{r['peak_mb']:>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
