@@ -29,6 +29,9 @@ SUMMARY = (("method", "method"), ("variant", "variant"), ("stage", "stage"), ("s
            ("bg_threshold", "thr"), ("crf", "CRF"), ("train_s", "train s"), ("config_hash", "config"))
 
 
+_PERCENT = ("miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "contour_f")
+
+
 def make_row(scores: dict[str, Any], *, variant: str = "", stage: str = "cam",
              part_classes: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
     """A report row from evaluation scores (which carry provenance keys) plus `extra` columns."""
@@ -91,11 +94,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for k, _ in SUMMARY:
             v = r.get(k, "")
-            try:
-                v = f"{100 * float(v):.1f}" if k in ("miou", "fg_precision", "fg_recall", "boundary_iou",
-                                                    "context_fp_rate", "part_recall", "contour_f") and v != "" else v
-            except ValueError:
-                pass
+            if v != "" and k in _PERCENT:
+                v = f"{100 * float(v):.1f}"
+            elif v != "" and k == "bg_threshold":
+                v = f"{float(v):.2f}"
+            elif v != "" and k == "train_s":
+                v = f"{float(v):.0f}"
             cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     note = ("\nPercentages. mIoU over background + classes; prec/rec: mean over foreground classes; bIoU: boundary "
