@@ -146,6 +146,7 @@ class Experiment:
             self._datasets[key] = VOCDataset(
                 self.data_root, split, transform=transform, with_mask=not train,
                 with_saliency=needs_saliency and train, saliency_dir=self.config.saliency_dir,
+                extra_masks=self.method.training_masks(self, split) if train else None,
                 seed=self.config.train.seed, cache=True)
         return self._datasets[key]
 

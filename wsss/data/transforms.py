@@ -1,4 +1,7 @@
-"""Joint augmentations: image, mask and saliency move together, so pixels stay aligned.
+"""Joint augmentations: image, masks and saliency move together, so pixels stay aligned.
+
+Label maps are `mask` and every `<name>_mask` (a dataset's `extra_masks`, e.g. CAM seeds): all
+are resized with nearest neighbour, flipped, padded with the ignore index and made int64.
 
 Each transform is a callable `(sample, rng) -> sample` over numpy arrays; `ToTensor` comes last.
 The generator is passed in (not global) so a sample's augmentation depends only on
@@ -21,6 +24,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 Sample = dict[str, Any]
 
 
+def mask_keys(sample: Sample) -> list[str]:
+    """The label-map entries of a sample: `mask` and the `<name>_mask` extras."""
+    return [k for k in sample if k == "mask" or k.endswith("_mask")]
+
+
 def resize_saliency(saliency: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(saliency, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_LINEAR)
 
@@ -29,8 +37,8 @@ def _resize(sample: Sample, size_hw: tuple[int, int]) -> Sample:
     h, w = size_hw
     out = dict(sample)
     out["image"] = cv2.resize(sample["image"], (w, h), interpolation=cv2.INTER_LINEAR)
-    if "mask" in sample:
-        out["mask"] = cv2.resize(sample["mask"], (w, h), interpolation=cv2.INTER_NEAREST)
+    for key in mask_keys(sample):
+        out[key] = cv2.resize(sample[key], (w, h), interpolation=cv2.INTER_NEAREST)
     if "saliency" in sample:
         out["saliency"] = resize_saliency(sample["saliency"], (h, w))
     return out
@@ -55,7 +63,7 @@ class RandomHFlip:
         if rng.random() >= self.p:
             return sample
         out = dict(sample)
-        for key in ("image", "mask", "saliency"):
+        for key in ("image", "saliency", *mask_keys(sample)):
             if key in sample:
                 out[key] = np.ascontiguousarray(sample[key][:, ::-1])
         return out
@@ -96,7 +104,8 @@ class RandomCrop:
         oy, ox = int(rng.integers(0, ph + 1)), int(rng.integers(0, pw + 1))
         cy, cx = int(rng.integers(0, max(h - self.size, 0) + 1)), int(rng.integers(0, max(w - self.size, 0) + 1))
         out = dict(sample)
-        fills = {"image": np.round(IMAGENET_MEAN * 255).astype(np.uint8), "mask": IGNORE_INDEX, "saliency": 0.0}
+        fills = {"image": np.round(IMAGENET_MEAN * 255).astype(np.uint8), "saliency": 0.0,
+                 **{key: IGNORE_INDEX for key in mask_keys(sample)}}
         for key, fill in fills.items():
             if key not in sample:
                 continue
@@ -127,7 +136,7 @@ def denormalize_image(image: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ToTensor:
-    """Image -> normalized float tensor; mask -> int64; saliency -> float32; label -> float32.
+    """Image -> normalized float tensor; masks -> int64; saliency -> float32; label -> float32.
     The raw uint8 image stays available as `image_uint8` for CRF and display."""
 
     keep_uint8: bool = False
@@ -138,8 +147,8 @@ class ToTensor:
             out["image_uint8"] = torch.from_numpy(np.ascontiguousarray(sample["image"]))
         out["image"] = normalize_image(sample["image"])
         out["label"] = torch.as_tensor(sample["label"], dtype=torch.float32)
-        if "mask" in sample:
-            out["mask"] = torch.from_numpy(np.ascontiguousarray(sample["mask"])).long()
+        for key in mask_keys(sample):
+            out[key] = torch.from_numpy(np.ascontiguousarray(sample[key])).long()
         if "saliency" in sample:
             out["saliency"] = torch.from_numpy(np.ascontiguousarray(sample["saliency"], dtype=np.float32))
         if "valid" in sample:

@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -208,7 +208,9 @@ class VOCDataset(torch.utils.data.Dataset):
     """Samples of a VOC-layout split as dicts of numpy arrays, then tensors after `transform`.
 
     Keys: `id`, `image` (H, W, 3 uint8), `label` (K float32 multi-hot), and when available
-    `mask` (H, W uint8, 255 = ignore) and `saliency` (H, W float32 in [0, 1]). The transform
+    `mask` (H, W uint8, 255 = ignore) and `saliency` (H, W float32 in [0, 1]). `extra_masks`
+    ({name: folder of <id>.png}) adds per-image label maps under `<name>_mask` (e.g. a second
+    stage's CAM seeds), which the transforms move with the image like `mask`. The transform
     receives a generator seeded from (seed, epoch, index), so augmentation is reproducible,
     independent of worker count, and identical after a resume.
     """
@@ -223,6 +225,7 @@ class VOCDataset(torch.utils.data.Dataset):
         with_saliency: bool = False,
         mask_dir: str | os.PathLike | None = None,
         saliency_dir: str | os.PathLike | None = None,
+        extra_masks: Mapping[str, str | os.PathLike] | None = None,
         ids: Sequence[str] | None = None,
         seed: int = 0,
         cache: bool = False,
@@ -243,6 +246,10 @@ class VOCDataset(torch.utils.data.Dataset):
             raise DatasetError(
                 f"{self.layout.root} has no SaliencyMaps folder; pass saliency_dir= to point at your saliency maps"
             )
+        self.extra_masks = {name: Path(folder) for name, folder in (extra_masks or {}).items()}
+        for name, folder in self.extra_masks.items():
+            if not folder.is_dir():
+                raise DatasetError(f"label folder {folder} given for extra mask {name!r} does not exist")
         self._labels = self._load_labels()
         self._cache: dict[int, Sample] | None = {} if cache else None
 
@@ -276,16 +283,9 @@ class VOCDataset(torch.utils.data.Dataset):
         image = read_rgb(self.layout.image_dir / f"{sample_id}.jpg")
         sample: Sample = {"id": sample_id, "image": image, "label": self._labels[sample_id]}
         if self.with_mask:
-            path = self.layout.mask_dir / f"{sample_id}.png"
-            mask = read_mask(path)
-            if mask.shape != image.shape[:2]:
-                raise DatasetError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                                   f"{image.shape[1]}x{image.shape[0]}")
-            bad = (mask > self.num_classes) & (mask != IGNORE_INDEX)
-            if bad.any():
-                raise DatasetError(f"mask {path} holds class index {int(mask[bad].max())}, "
-                                   f"but the dataset has {self.num_classes} classes")
-            sample["mask"] = mask
+            sample["mask"] = self._read_label_map(self.layout.mask_dir / f"{sample_id}.png", image.shape[:2])
+        for name, folder in self.extra_masks.items():
+            sample[f"{name}_mask"] = self._read_label_map(folder / f"{sample_id}.png", image.shape[:2])
         if self.with_saliency:
             path = self.layout.saliency_dir / f"{sample_id}.png"
             sal = read_saliency(path)
@@ -297,6 +297,17 @@ class VOCDataset(torch.utils.data.Dataset):
         if self._cache is not None:
             self._cache[index] = sample
         return sample
+
+    def _read_label_map(self, path: Path, size_hw: tuple[int, int]) -> np.ndarray:
+        mask = read_mask(path)
+        if mask.shape != size_hw:
+            raise DatasetError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                               f"{size_hw[1]}x{size_hw[0]}")
+        bad = (mask > self.num_classes) & (mask != IGNORE_INDEX)
+        if bad.any():
+            raise DatasetError(f"mask {path} holds class index {int(mask[bad].max())}, "
+                               f"but the dataset has {self.num_classes} classes")
+        return mask
 
     def __getitem__(self, index: int) -> Sample:
         sample = dict(self.load(index))

@@ -59,6 +59,12 @@ class WSSSMethod(nn.Module):
         thresholded class maps at the best background threshold of the sweep."""
         return None
 
+    def training_masks(self, experiment: Any, split: str) -> dict[str, Path]:
+        """Per-image label folders ({name: folder of `<id>.png`}) the training batches of `split`
+        need, made here from earlier stages (SANCE: its CAM seeds). They are augmented with the
+        image (255 on crop padding) and arrive as `batch[f"{name}_mask"]`, (B, H, W) int64."""
+        return {}
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Backbone at the base learning rate, new layers at `lr_mult` times it."""
         new_ids = {id(p) for m in self.new_modules() for p in m.parameters()}

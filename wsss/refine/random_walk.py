@@ -73,6 +73,7 @@ __all__ = [
     "propagate_transition",
     "to_sparse_transition",
     "sparse_propagate",
+    "boundary_random_walk",
     "random_walk_labels",
 ]
 
@@ -196,7 +197,9 @@ def path_max(boundary: torch.Tensor, offsets, pad_value: float = 1.0) -> torch.T
         both end pixels included.
     """
     b = _as_boundary(boundary)
-    offs = _offset_list(offsets)
+    offs = tuple(_offset_list(offsets))
+    if torch.is_grad_enabled() and b.requires_grad:
+        return _PathMax.apply(b, offs, float(pad_value))
     h, w = b.shape[-2:]
     p = _pad_size(offs)
     padded = F.pad(b, (p, p, p, p), value=float(pad_value))
@@ -208,6 +211,44 @@ def path_max(boundary: torch.Tensor, offsets, pad_value: float = 1.0) -> torch.T
             m = torch.maximum(m, _shifted(padded, p, qy, qx, h, w))
         outs.append(m)
     return torch.stack(outs, dim=1)
+
+
+class _PathMax(torch.autograd.Function):
+    """:func:`path_max` with a lean backward: autograd of the ``torch.maximum`` chain keeps every
+    intermediate map and runs one backward node per path pixel (thousands at radius 10, the
+    contour loss's cost); this keeps only the arg-max position along each path (uint8) and
+    routes each gradient to that pixel with one ``scatter_add`` per offset."""
+
+    @staticmethod
+    def forward(ctx, b: torch.Tensor, offs: tuple[tuple[int, int], ...], pad_value: float) -> torch.Tensor:
+        h, w = b.shape[-2:]
+        p = _pad_size(offs)
+        padded = F.pad(b, (p, p, p, p), value=pad_value)
+        outs, args = [], []
+        for dy, dx in offs:
+            views = torch.stack([_shifted(padded, p, qy, qx, h, w) for qy, qx in _path_points(dy, dx)], dim=1)
+            value, arg = views.max(dim=1)
+            outs.append(value)
+            args.append(arg.to(torch.uint8))  # paths have < 256 pixels for any practical radius
+        ctx.offs, ctx.p = offs, p
+        ctx.save_for_backward(torch.stack(args, dim=1))
+        return torch.stack(outs, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (args,) = ctx.saved_tensors
+        offs, p = ctx.offs, ctx.p
+        B, _, h, w = args.shape
+        wp = w + 2 * p
+        ys = torch.arange(h, device=grad.device)[:, None]
+        xs = torch.arange(w, device=grad.device)[None, :]
+        base = ((ys + p) * wp + xs + p).reshape(1, h * w)  # flat padded index of each output pixel
+        gpad = grad.new_zeros(B, (h + 2 * p) * wp)
+        for k, (dy, dx) in enumerate(offs):
+            delta = torch.tensor([qy * wp + qx for qy, qx in _path_points(dy, dx)], device=grad.device)
+            idx = base + delta[args[:, k].reshape(B, h * w).long()]
+            gpad.scatter_add_(1, idx, grad[:, k].reshape(B, h * w))
+        return gpad.view(B, h + 2 * p, wp)[:, p:p + h, p:p + w], None, None
 
 
 def affinity_from_boundary(
@@ -532,6 +573,43 @@ def sparse_propagate(scores: torch.Tensor, T: torch.Tensor, steps: int) -> torch
 # --------------------------------------------------------------------------- pseudo labels
 
 
+def boundary_random_walk(
+    scores: torch.Tensor,
+    boundary: torch.Tensor,
+    radius: float = 5.0,
+    power: float = 10.0,
+    steps: int = 8,
+    *,
+    log2_steps: bool = True,
+    include_self: bool = True,
+    method: str = "banded",
+) -> torch.Tensor:
+    """Batched score propagation, SANCE Eq. 6: ``(M ⊙ (1 - B)) Â^s``.
+
+    Args:
+        scores: ``(B, C, h, w)`` non-negative scores (CAMs, segmentation probabilities).
+        boundary: ``(B, 1, h, w)`` or ``(B, h, w)`` boundary map in ``[0, 1]`` (clamped).
+        steps: ``s = 2**steps`` walk steps if ``log2_steps`` (IRNet's ``exp_times``) else ``steps``.
+        method: ``"banded"`` or ``"sparse"`` (block-diagonal CSR over the batch), same result.
+
+    Returns:
+        ``(B, C, h, w)`` propagated scores (no normalization).
+    """
+    if scores.dim() != 4:
+        raise ValueError(f"scores must be (B, C, h, w), got {tuple(scores.shape)}")
+    if method not in ("banded", "sparse"):
+        raise ValueError(f"method must be 'banded' or 'sparse', got {method!r}")
+    bnd = _as_boundary(boundary).to(device=scores.device, dtype=scores.dtype).clamp(0.0, 1.0)
+    if bnd.shape[0] != scores.shape[0] or bnd.shape[-2:] != scores.shape[-2:]:
+        raise ValueError(f"boundary {tuple(bnd.shape)} does not match scores {tuple(scores.shape)}")
+    x = scores.clamp_min(0.0) * (1.0 - bnd[:, None])
+    A, offs = affinity_from_boundary(bnd[:, None], radius=radius, power=power)
+    n_steps = 2 ** int(steps) if log2_steps else int(steps)
+    if method == "sparse":
+        return sparse_propagate(x, to_sparse_transition(A, offs, include_self=include_self), n_steps)
+    return propagate(x, A, offs, n_steps, include_self=include_self)
+
+
 def random_walk_labels(
     cam,
     boundary,
@@ -605,14 +683,8 @@ def random_walk_labels(
     bnd = bnd.clamp(0.0, 1.0)
 
     if C > 0:
-        x = cam_t.clamp_min(0.0) * (1.0 - bnd)
-        A, offs = affinity_from_boundary(bnd[None, None], radius=radius, power=power)
-        n_steps = 2 ** int(steps) if log2_steps else int(steps)
-        if method == "banded":
-            rw = propagate(x[None], A, offs, n_steps, include_self=include_self)
-        elif method == "sparse":
-            T = to_sparse_transition(A, offs, include_self=include_self)
-            rw = sparse_propagate(x[None], T, n_steps)
+        rw = boundary_random_walk(cam_t[None], bnd[None], radius, power, steps, log2_steps=log2_steps,
+                                  include_self=include_self, method=method)
     else:
         rw = cam_t.new_zeros((1, 1, h, w))  # dummy channel so resizing works; dropped below
 

@@ -1,0 +1,584 @@
+"""SANCE (Li, Fan and Zhang, CVPR 2022) and the IRNet-style contour baseline it starts from.
+
+Both are second stages on top of the CAM baseline: they train on the CAM seeds of the train split
+(Eq. 1, refined with a dense CRF as IRNet's `cam_to_ir_label`), which arrive in the training
+batches as `seed_mask`, augmented with the image (`training_masks`).
+
+- `irn_contour` (Table 1 "baseline"): a contour branch on all backbone stages at 1/4 resolution,
+  trained only from inter-pixel affinities of the CAM seeds (Eqs. 2-4). Its pseudo labels
+  propagate the CAM with the contour map (random walk, Eq. 6).
+- `sance`: the same contour branch plus an ASPP segmentation branch on the shared backbone, both
+  supervised by the CAM seeds and by online labels: the segmentation map propagated inside the
+  contours (Eqs. 6-7), with the label refine module (Eq. 8: a dense CRF of the segmentation map
+  decides background) for the contour branch, the paper's default (Table 4). `refine=None` is
+  SANCE-naive. `sance_sal` lets the saliency map decide background instead.
+
+Final pseudo labels (Sec. 3.3) propagate the segmentation map (SANCE) or the CAM (baseline) with
+the test-time-augmented contour map; the constant background score is chosen by the same
+validation sweep the CAM baseline uses, so every row is compared at its best threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from wsss.data.transforms import denormalize_image
+from wsss.inference import load_cam, multiscale_maps, save_cam
+from wsss.io import IGNORE_INDEX, save_label_png, write_json
+from wsss.methods.base import Batch, WSSSMethod, register_method
+from wsss.metrics import ContourFMeter, ContourMassMeter, gt_boundaries
+from wsss.models.backbones import Backbone
+from wsss.refine.crf import CRFParams, crf_labels
+from wsss.refine.random_walk import (
+    affinity_from_boundary,
+    affinity_targets,
+    boundary_random_walk,
+    class_balanced_affinity_loss,
+    neighbor_offsets,
+)
+
+# IRNet's label-input CRF (`crf_inference_label`): bilateral sxy 50, srgb 5; labels get probability 0.7.
+SEED_CRF = CRFParams(bilateral_sxy=50.0, bilateral_srgb=5.0)
+SEED_LABEL_PROB = 0.7
+# The online-label CRF runs on 1/4-resolution maps: PSA's spatial widths divided by the stride.
+ONLINE_CRF = CRFParams(gaussian_sxy=1.0, bilateral_sxy=20.0)
+
+
+# ---------------------------------------------------------------------------------- CAM seeds
+
+
+def seed_label(keys: np.ndarray, cam: np.ndarray, fg_threshold: float = 0.30, bg_threshold: float = 0.05,
+               image: np.ndarray | None = None, crf: CRFParams | None = None) -> np.ndarray:
+    """CAM seed of one image (Eq. 1): class k + 1 where max_c S_c > fg, 0 where it is < bg, 255 between.
+
+    With `crf`, as IRNet: the fg-thresholded and bg-thresholded label maps are each refined by a
+    label-input dense CRF of `image`; pixels that stay foreground after the first are seeds of
+    their class, pixels background after both are background, the rest unsure.
+    """
+    if not 0 <= bg_threshold <= fg_threshold:
+        raise ValueError(f"need 0 <= bg_threshold <= fg_threshold, got {bg_threshold}, {fg_threshold}")
+    h, w = cam.shape[1:]
+    if cam.shape[0] == 0:
+        return np.zeros((h, w), dtype=np.uint8)
+    ids = np.concatenate([[0], np.asarray(keys) + 1]).astype(np.uint8)
+    best, arg = cam.max(axis=0), cam.argmax(axis=0) + 1
+    fg = np.where(best > fg_threshold, arg, 0)
+    bg = np.where(best > bg_threshold, arg, 0)
+    if crf is not None:
+        if image is None:
+            raise ValueError("the seed CRF needs the image")
+        fg, bg = (_label_crf(image, lab, len(ids), crf) for lab in (fg, bg))
+    out = ids[fg]
+    out[fg == 0] = IGNORE_INDEX
+    out[(fg == 0) & (bg == 0)] = 0
+    return out
+
+
+def _label_crf(image: np.ndarray, labels: np.ndarray, n: int, params: CRFParams) -> np.ndarray:
+    """pydensecrf's `unary_from_labels(gt_prob=0.7)` then CRF inference: channel index per pixel."""
+    onehot = np.eye(n, dtype=np.float32)[labels].transpose(2, 0, 1)
+    probs = onehot * SEED_LABEL_PROB + (1 - onehot) * (1 - SEED_LABEL_PROB) / (n - 1)
+    return crf_labels(image, probs, None, params)
+
+
+def cam_experiment(experiment: Any, **overrides: Any) -> Any:
+    """The CAM baseline run a second stage builds on: method "cam" on the same data, preset, backbone
+    and seed with the preset's recipe (the run notebook 01 trains), plus `overrides`."""
+    from wsss.experiment import Experiment, ExperimentConfig
+
+    c = experiment.config
+    cfg = ExperimentConfig.for_preset(c.preset, **{
+        "method": "cam", "data_root": c.data_root, "data_seed": c.data_seed, "backbone": c.backbone,
+        "pretrained": c.pretrained, "crop_size": c.crop_size, "seed": c.train.seed, "run_root": c.run_root,
+        **overrides})
+    return Experiment(cfg, progress=experiment.progress)
+
+
+def write_cam_seeds(cam_exp: Any, split: str, fg_threshold: float = 0.30, bg_threshold: float = 0.05,
+                    crf: CRFParams | None = SEED_CRF) -> Path:
+    """Seed PNGs of every image of `split` from the CAM run's class maps, cached in that run."""
+    tag = f"{split}_fg{fg_threshold:.2f}_bg{bg_threshold:.2f}{'_crf' if crf is not None else ''}"
+    out = cam_exp.run_dir / "seeds" / tag
+    if (out / "_done").is_file():
+        return out
+    cam_dir, ds = cam_exp.class_maps(split), cam_exp.dataset(split)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(len(ds)), desc=f"CAM seeds -> {tag}", disable=not cam_exp.progress, dynamic_ncols=True):
+        sample_id = ds.ids[i]
+        keys, cam = load_cam(cam_dir / f"{sample_id}.npz")
+        image = ds.load(i)["image"] if crf is not None else None
+        save_label_png(out / f"{sample_id}.png", seed_label(keys, cam, fg_threshold, bg_threshold, image, crf))
+    (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return out
+
+
+# ---------------------------------------------------------------------------------- branches
+
+
+class ContourBranch(nn.Module):
+    """IRNet's class-boundary branch: each stage -> 1x1 conv, GroupNorm, ReLU, upsampled to the
+    first stage (stride 4), concatenated, 1x1 conv to one logit."""
+
+    def __init__(self, channels: Sequence[int], width: int = 32) -> None:
+        super().__init__()
+        self.side = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width),
+                                                nn.ReLU(inplace=True)) for c in channels)
+        self.fuse = nn.Conv2d(width * len(channels), 1, 1)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = feats[0].shape[-2:]
+        sides = [side(f) for side, f in zip(self.side, feats)]
+        sides = [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+                 for s in sides]
+        return self.fuse(torch.cat(sides, dim=1))
+
+
+class ASPP(nn.Module):
+    """DeepLab v2's atrous spatial pyramid pooling head: the sum of dilated 3x3 classifiers."""
+
+    def __init__(self, in_channels: int, num_outputs: int, rates: Sequence[int] = (1, 3, 6, 9)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_outputs, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.branches:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.branches)
+
+
+# ---------------------------------------------------------------------------------- losses, online labels
+
+
+def contour_loss(affinity: torch.Tensor, offsets: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 on affinities (Eq. 2) against the targets (Eq. 3) of a seed or online label map."""
+    return class_balanced_affinity_loss(affinity, affinity_targets(label, offsets))
+
+
+def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Eq. 5: cross-entropy over the non-ignored pixels (0 when there are none)."""
+    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="sum")
+    return ce / (label != IGNORE_INDEX).sum().clamp_min(1)
+
+
+@dataclass(frozen=True)
+class Propagation:
+    """Random-walk hyper-parameters: radius delta, power n, steps t (2**t walk steps with
+    `log2_steps`, the reference code's matrix squarings)."""
+
+    radius: float
+    power: float
+    steps: int = 8
+    log2_steps: bool = True
+
+    def walk(self, scores: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+        return boundary_random_walk(scores.float(), boundary.float(), self.radius, self.power, self.steps,
+                                    log2_steps=self.log2_steps)
+
+
+def online_labels(seg_prob: torch.Tensor, boundary: torch.Tensor, label: torch.Tensor, valid: torch.Tensor,
+                  walk: Propagation, bg_score: float) -> torch.Tensor:
+    """Y^b (Eqs. 6-7): the foreground probabilities of the present classes propagated inside the
+    contours, a constant background score, argmax. 255 outside `valid` (crop padding), which
+    also acts as a wall so no score leaks in or out of the image.
+
+    seg_prob (B, 1 + K, h, w) softmax, boundary (B, 1, h, w), label (B, K) multi-hot, valid (B, h, w).
+    """
+    fg = seg_prob[:, 1:] * label[:, :, None, None] * valid[:, None]
+    wall = torch.where(valid[:, None], boundary, torch.ones_like(boundary))
+    rw = walk.walk(fg, wall)
+    scores = torch.cat([rw.new_full(rw[:, :1].shape, bg_score), rw], dim=1)
+    y = scores.argmax(dim=1)
+    return y.masked_fill(~valid, IGNORE_INDEX)
+
+
+def refine_labels(labels: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Label refine module (Eq. 8): background where the reference (CRF or saliency) says so."""
+    return labels.masked_fill(background & (labels != IGNORE_INDEX), 0)
+
+
+def crf_background(seg_prob: torch.Tensor, label: torch.Tensor, images: np.ndarray,
+                   params: CRFParams = ONLINE_CRF) -> torch.Tensor:
+    """Y^crf == 0: dense CRF of the segmentation map over background + present classes (B, h, w) bool.
+    `images` (B, h, w, 3) uint8 at the map's resolution."""
+    probs = seg_prob.detach().float().cpu().numpy()
+    present = label.detach().cpu().numpy() > 0.5
+    out = np.zeros((probs.shape[0], *probs.shape[-2:]), dtype=bool)
+    for b in range(probs.shape[0]):
+        channels = np.concatenate([[0], np.flatnonzero(present[b]) + 1])
+        p = probs[b, channels]
+        out[b] = crf_labels(images[b], p / p.sum(axis=0, keepdims=True).clip(1e-8), None, params) == 0
+    return torch.from_numpy(out).to(seg_prob.device)
+
+
+def at_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, H, W) label-like map -> (B, h, w), sampling each cell's centre pixel."""
+    return F.interpolate(x[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(x.dtype)
+
+
+def small_images(images: torch.Tensor, size: Sequence[int]) -> np.ndarray:
+    """Normalized (B, 3, H, W) batch -> (B, h, w, 3) uint8 at the map resolution (area average)."""
+    return np.stack([cv2.resize(denormalize_image(im), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+                     for im in images])
+
+
+# ---------------------------------------------------------------------------------- methods
+
+
+class _ContourMethod(WSSSMethod):
+    """Shared by the baseline and SANCE: contour branch, CAM seeds, contour loss, pseudo labels."""
+
+    default_source: ClassVar[str] = "cam"
+
+    def __init__(self, num_classes: int, backbone: Backbone, *, seed_fg: float = 0.30, seed_bg: float = 0.05,
+                 seed_crf: bool = True, loss_radius: float = 10.0, loss_power: float = 1.0,
+                 contour_width: int = 32, backbone_init: str | None = "cam",
+                 cam_overrides: dict[str, Any] | None = None) -> None:
+        super().__init__(num_classes, backbone)
+        if backbone.strides[0] != 4:
+            raise ValueError(f"the contour map lives at 1/4 resolution: the first backbone stage must have "
+                             f"stride 4, not {backbone.strides[0]}")
+        if backbone_init not in (None, "cam"):
+            raise ValueError(f"backbone_init must be None or 'cam', got {backbone_init!r}")
+        self.seed_fg, self.seed_bg, self.seed_crf = seed_fg, seed_bg, seed_crf
+        self.loss_offsets: torch.Tensor
+        self.register_buffer("loss_offsets", neighbor_offsets(loss_radius, half=True), persistent=False)
+        self.loss_power = loss_power
+        self.backbone_init = backbone_init
+        self.cam_overrides = dict(cam_overrides or {})
+        self.contour = ContourBranch(backbone.channels, contour_width)
+        # Set once the backbone has been initialized from the CAM run; saved with the model so a
+        # trained model is never overwritten.
+        self.initialized: torch.Tensor
+        self.register_buffer("initialized", torch.tensor(False))
+
+    # ------------------------------------------------------------------ stage 1
+
+    def cam_experiment(self, experiment: Any) -> Any:
+        return cam_experiment(experiment, **self.cam_overrides)
+
+    def training_masks(self, experiment: Any, split: str) -> dict[str, Path]:
+        """The CAM seeds of `split` (`seed_mask` in batches); with `backbone_init="cam"` the backbone
+        also starts from the CAM network's, as IRNet's starts from ImageNet weights (a from-scratch
+        backbone has nothing else to start from)."""
+        cam_exp = self.cam_experiment(experiment)
+        seeds = write_cam_seeds(cam_exp, split, self.seed_fg, self.seed_bg, SEED_CRF if self.seed_crf else None)
+        if self.backbone_init == "cam" and not bool(self.initialized):
+            cam_model = cam_exp.trained_method()
+            self.backbone.load_state_dict(cam_model.backbone.state_dict())
+            self.initialized.fill_(True)
+        return {"seed": seeds}
+
+    # ------------------------------------------------------------------ training pieces
+
+    def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        feats = self.backbone(images)
+        return feats, self.contour(feats)
+
+    def _affinity(self, boundary: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 with the loss radius (one direction of each pair: the affinity is symmetric)."""
+        return affinity_from_boundary(boundary.float(), power=self.loss_power, offsets=self.loss_offsets)[0]
+
+    # ------------------------------------------------------------------ inference
+
+    def maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1 [+ 1 + K], h, w) at 1/4 resolution: contour probability [, segmentation softmax]."""
+        return torch.sigmoid(self._features(images)[1])
+
+    def pseudo_labels(self, experiment: Any, split: str) -> Path:
+        return propagated_pseudo_labels(experiment, split, PseudoLabelParams.for_source(self.default_source))
+
+
+@register_method
+class IRNContour(_ContourMethod):
+    """Table 1's baseline: contour branch supervised by CAM-seed affinities only."""
+
+    name = "irn_contour"
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.contour]
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        _, logits = self._features(batch["image"])
+        seed = at_size(batch["seed_mask"], logits.shape[-2:])
+        loss = contour_loss(self._affinity(torch.sigmoid(logits)), self.loss_offsets, seed)
+        return {"loss": loss, "contour_seed": loss.detach()}
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("irn_contour has no class maps of its own: its pseudo labels propagate the "
+                                  "CAM run's maps with its contours (pseudo_labels)")
+
+
+@register_method
+class SANCE(_ContourMethod):
+    """SANCE: contour + ASPP segmentation branches, CAM seeds + online labels.
+
+    Options (paper defaults): online labels with delta=3, n=10, t=8 (`online_radius`,
+    `online_power`, `online_steps`), background score `online_bg` (tau_b, not given in the
+    paper), `refine` "crf" (label refine module) or None (SANCE-naive), `refine_for` the branches
+    whose online label is refined (Table 4: the contour branch), `online_start` the training
+    progress from which online labels supervise (0: from the start, as the paper),
+    `snapshot_indices` training images whose online labels are kept for display.
+    """
+
+    name = "sance"
+    default_source = "seg"
+    refine_modes: ClassVar[tuple[str | None, ...]] = ("crf", None)
+
+    def __init__(self, num_classes: int, backbone: Backbone, *, refine: str | None = "crf",
+                 refine_for: Sequence[str] = ("contour",), online_radius: float = 3.0, online_power: float = 10.0,
+                 online_steps: int = 8, online_bg: float = 0.5, online_start: float = 0.0,
+                 aspp_rates: Sequence[int] = (1, 3, 6, 9), snapshot_indices: Sequence[int] = (0, 1, 2, 3),
+                 **options: Any) -> None:
+        super().__init__(num_classes, backbone, **options)
+        if refine not in self.refine_modes:
+            raise ValueError(f"refine must be one of {self.refine_modes} for {self.name!r}, got {refine!r}"
+                             + (" (use method 'sance_sal' for saliency)" if refine == "saliency" else ""))
+        if not set(refine_for) <= {"contour", "seg"}:
+            raise ValueError(f"refine_for takes 'contour' and/or 'seg', got {refine_for!r}")
+        self.refine, self.refine_for = refine, tuple(refine_for)
+        self.online = Propagation(online_radius, online_power, online_steps)
+        self.online_bg, self.online_start = online_bg, online_start
+        self.seg = ASPP(backbone.out_channels, num_classes + 1, aspp_rates)
+        self.snapshot_indices = frozenset(int(i) for i in snapshot_indices)
+        self.snapshots: list[dict[str, Any]] = []
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.contour, self.seg]
+
+    def _seg_logits(self, feats: list[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+        return F.interpolate(self.seg(feats[-1]), size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        feats, logits = self._features(batch["image"])
+        size = logits.shape[-2:]
+        seg_logits = self._seg_logits(feats, size)
+        boundary = torch.sigmoid(logits)
+        affinity = self._affinity(boundary)
+        seed = at_size(batch["seed_mask"], size)
+        losses = {"contour_seed": contour_loss(affinity, self.loss_offsets, seed),
+                  "seg_seed": segmentation_loss(seg_logits, seed)}
+        if progress >= self.online_start:
+            with torch.no_grad():
+                valid = at_size(batch["valid"], size)
+                seg_prob = seg_logits.detach().float().softmax(dim=1)
+                y_b = online_labels(seg_prob, boundary.detach(), batch["label"], valid, self.online, self.online_bg)
+                y_r = refine_labels(y_b, self._background(batch, seg_prob, size)) if self.refine else y_b
+            losses["contour_online"] = contour_loss(affinity, self.loss_offsets,
+                                                    y_r if "contour" in self.refine_for else y_b)
+            losses["seg_online"] = segmentation_loss(seg_logits, y_r if "seg" in self.refine_for else y_b)
+            self._snapshot(batch, progress, seed, y_b, y_r, boundary, seg_prob)
+        total = sum(losses.values())
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
+
+    def _background(self, batch: Batch, seg_prob: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return crf_background(seg_prob, batch["label"], small_images(batch["image"], size))
+
+    def maps(self, images: torch.Tensor) -> torch.Tensor:
+        feats, logits = self._features(images)
+        return torch.cat([torch.sigmoid(logits), self._seg_logits(feats, logits.shape[-2:]).softmax(dim=1)], dim=1)
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The segmentation branch's foreground probabilities."""
+        feats = self.backbone(images)
+        return self.seg(feats[-1]).softmax(dim=1)[:, 1:]
+
+    # ------------------------------------------------------------------ online-label snapshots
+
+    def _snapshot(self, batch: Batch, progress: float, seed: torch.Tensor, y_b: torch.Tensor, y_r: torch.Tensor,
+                  boundary: torch.Tensor, seg_prob: torch.Tensor) -> None:
+        """Keep the online labels of the `snapshot_indices` training images each time they come by."""
+        index = batch["index"]
+        for b, i in enumerate(index.tolist() if isinstance(index, torch.Tensor) else index):
+            if int(i) in self.snapshot_indices:
+                self.snapshots.append({
+                    "index": int(i), "progress": float(progress),
+                    "image": torch.from_numpy(denormalize_image(batch["image"][b])),
+                    "seed": seed[b].to(torch.uint8).cpu(), "online": y_b[b].to(torch.uint8).cpu(),
+                    "refined": y_r[b].to(torch.uint8).cpu(), "seg": seg_prob[b].argmax(0).to(torch.uint8).cpu(),
+                    "boundary": boundary[b, 0].detach().to(torch.float16).cpu()})
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"snapshots": self.snapshots}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.snapshots = list(state.get("snapshots", []))
+
+
+@register_method
+class SANCESal(SANCE):
+    """SANCE with the saliency map deciding background in the label refine module ("Ours-sal")."""
+
+    name = "sance_sal"
+    requires = ("saliency",)
+    refine_modes = ("saliency",)
+
+    def __init__(self, num_classes: int, backbone: Backbone, *, refine: str = "saliency",
+                 saliency_threshold: float = 0.5, **options: Any) -> None:
+        super().__init__(num_classes, backbone, refine=refine, **options)
+        self.saliency_threshold = saliency_threshold
+
+    def _background(self, batch: Batch, seg_prob: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        sal = F.interpolate(batch["saliency"][:, None].float(), size=tuple(size), mode="area")[:, 0]
+        return sal < self.saliency_threshold
+
+
+# ---------------------------------------------------------------------------------- final pseudo labels
+
+
+@dataclass(frozen=True)
+class PseudoLabelParams:
+    """How final pseudo labels are made (Sec. 3.3): propagate `source` ("seg": the segmentation map,
+    "cam": the CAM run's maps) with the contour map averaged over `scales` (and flips), with
+    delta=5, n=10, t=8. `normalize` "max" divides each image's propagated scores by their maximum
+    (IRNet, for CAMs); None keeps probabilities."""
+
+    source: str = "seg"
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    radius: float = 5.0
+    power: float = 10.0
+    steps: int = 8
+    normalize: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("seg", "cam"):
+            raise ValueError(f"source must be 'seg' or 'cam', got {self.source!r}")
+        if self.normalize not in ("max", None):
+            raise ValueError(f"normalize must be 'max' or None, got {self.normalize!r}")
+        if not self.scales:
+            raise ValueError("scales must not be empty")
+
+    @classmethod
+    def for_source(cls, source: str, **overrides: Any) -> "PseudoLabelParams":
+        """Paper defaults per source: the baseline's CAM at one scale, max-normalized (IRNet);
+        SANCE's segmentation map with multi-scale TTA."""
+        base = cls(source="cam", scales=(1.0,), normalize="max") if source == "cam" else cls(source="seg")
+        return replace(base, **overrides)
+
+    def tag(self) -> str:
+        d = asdict(self)
+        return f"{self.source}-{hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]}"
+
+
+@torch.no_grad()
+def tta_maps(method: _ContourMethod, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
+    """`method.maps` averaged over scales and flips, at the 1/4 resolution of `images`."""
+    size = (math.ceil(images.shape[-2] / 4), math.ceil(images.shape[-1] / 4))
+    total = multiscale_maps(method.maps, images, scales, flip)
+    return F.interpolate(total / (len(scales) * (2 if flip else 1)), size=size, mode="area")
+
+
+def _eval_groups(dataset: Any, batch_size: int = 16):
+    """Batches of eval samples that share an image size (SynthVOC: all; VOC: mostly one by one)."""
+    for start in range(0, len(dataset), batch_size):
+        groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for i in range(start, min(start + batch_size, len(dataset))):
+            s = dataset[i]
+            groups.setdefault(tuple(s["image"].shape), []).append(s)
+        yield from groups.values()
+
+
+@torch.no_grad()
+def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> Path:
+    """Random-walk refined class maps of `split` in the CAM npz format (`<id>.npz`, keys + maps of the
+    present classes at image resolution), so the shared threshold sweep and mask writer apply."""
+    out = experiment.run_dir / "propagated" / f"{split}_{params.tag()}"
+    if (out / "_done").is_file():
+        return out
+    method, device = experiment.trained_method(), experiment.device
+    ds = experiment.dataset(split)
+    cam_dir = method.cam_experiment(experiment).class_maps(split) if params.source == "cam" else None
+    walk = Propagation(params.radius, params.power, params.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(ds), desc=f"random walk -> {out.name}", disable=not experiment.progress, dynamic_ncols=True)
+    for group in _eval_groups(ds):
+        images = torch.stack([s["image"] for s in group]).to(device)
+        labels = torch.stack([s["label"] for s in group]).to(device)
+        maps = tta_maps(method, images, params.scales, params.flip)
+        if cam_dir is None:
+            scores = maps[:, 2:] * labels[:, :, None, None]
+        else:
+            scores = torch.zeros(len(group), method.num_classes, *images.shape[-2:], device=device)
+            for b, s in enumerate(group):
+                keys, cam = load_cam(cam_dir / f"{s['id']}.npz")
+                scores[b, torch.from_numpy(keys).to(device)] = torch.from_numpy(cam).to(device)
+            scores = F.interpolate(scores, size=maps.shape[-2:], mode="area")
+        rw = F.interpolate(walk.walk(scores, maps[:, :1]), size=images.shape[-2:], mode="bilinear",
+                           align_corners=False)
+        for b, s in enumerate(group):
+            keys = torch.nonzero(labels[b] > 0.5).flatten()
+            cam = rw[b, keys]
+            if params.normalize == "max" and cam.numel():
+                cam = cam / cam.max().clamp_min(1e-5)
+            save_cam(out / f"{s['id']}.npz", keys.cpu().numpy(), cam.clamp(0, 1).cpu().numpy())
+        bar.update(len(group))
+    bar.close()
+    (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return out
+
+
+def propagation_sweep(experiment: Any, params: PseudoLabelParams) -> dict[str, Any]:
+    """Background-threshold sweep of the propagated maps on the evaluation split (cached)."""
+    from wsss.evaluation import sweep_cam_thresholds
+
+    split = experiment.config.eval_split
+    maps = propagated_maps(experiment, split, params)
+    path = maps / "sweep.json"
+    if not path.is_file():
+        write_json(path, sweep_cam_thresholds(maps, experiment.dataset(split), experiment.config.thresholds,
+                                              progress=experiment.progress))
+    return json.loads(path.read_text())
+
+
+def propagated_pseudo_labels(experiment: Any, split: str, params: PseudoLabelParams) -> Path:
+    """Final pseudo labels of `split`: propagated maps, background score from the validation sweep."""
+    from wsss.pseudo import write_pseudo_masks
+
+    thr = propagation_sweep(experiment, params)["best_threshold"]
+    out = experiment.run_dir / "pseudo_labels" / f"{split}_{params.tag()}_thr{thr:.2f}"
+    if not (out / "_done").is_file():
+        write_pseudo_masks(propagated_maps(experiment, split, params), experiment.dataset(split), out, thr,
+                           progress=experiment.progress)
+        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    return out
+
+
+# ---------------------------------------------------------------------------------- contour quality
+
+
+@torch.no_grad()
+def contour_scores(experiment: Any, split: str | None = None, scales: Sequence[float] = (1.0,),
+                   flip: bool = True) -> dict[str, Any]:
+    """Contour F-measure (ODS/OIS) and where the contour mass lies (inside objects, on boundaries,
+    in background), contour maps upsampled to image resolution against the GT label boundaries.
+    Cached per split and scales."""
+    split = split or experiment.config.eval_split
+    path = experiment.run_dir / f"contours_{split}_s{'-'.join(f'{s:g}' for s in scales)}{'_flip' if flip else ''}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    method, device = experiment.trained_method(), experiment.device
+    fmeter, mass = ContourFMeter(), ContourMassMeter()
+    for group in _eval_groups(experiment.dataset(split)):
+        images = torch.stack([s["image"] for s in group]).to(device)
+        boundary = F.interpolate(tta_maps(method, images, scales, flip)[:, :1], size=images.shape[-2:],
+                                 mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+        for prob, s in zip(boundary, group):
+            gt = s["mask"].numpy()
+            fmeter.update(prob, gt_boundaries(gt))
+            mass.update(prob, gt)
+    scores = {**fmeter.scores(), **mass.scores()}
+    write_json(path, scores)
+    return scores
