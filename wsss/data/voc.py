@@ -264,7 +264,8 @@ class VOCDataset(torch.utils.data.Dataset):
             return {i: labels[i] for i in self.ids}
         if self.layout.mask_dir is None:
             raise DatasetError(f"{self.layout.root} has neither cls_labels.npy nor masks to derive image labels from")
-        return {i: labels_from_mask(read_mask(self.layout.mask_dir / f"{i}.png"), self.num_classes) for i in self.ids}
+        return {i: labels_from_mask(self._read_classes(self.layout.mask_dir / f"{i}.png"), self.num_classes)
+                for i in self.ids}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -298,15 +299,20 @@ class VOCDataset(torch.utils.data.Dataset):
             self._cache[index] = sample
         return sample
 
-    def _read_label_map(self, path: Path, size_hw: tuple[int, int]) -> np.ndarray:
+    def _read_classes(self, path: Path) -> np.ndarray:
+        """A label map whose values are all classes of the dataset (or ignore)."""
         mask = read_mask(path)
-        if mask.shape != size_hw:
-            raise DatasetError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                               f"{size_hw[1]}x{size_hw[0]}")
         bad = (mask > self.num_classes) & (mask != IGNORE_INDEX)
         if bad.any():
             raise DatasetError(f"mask {path} holds class index {int(mask[bad].max())}, "
                                f"but the dataset has {self.num_classes} classes")
+        return mask
+
+    def _read_label_map(self, path: Path, size_hw: tuple[int, int]) -> np.ndarray:
+        mask = self._read_classes(path)
+        if mask.shape != size_hw:
+            raise DatasetError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                               f"{size_hw[1]}x{size_hw[0]}")
         return mask
 
     def __getitem__(self, index: int) -> Sample:
