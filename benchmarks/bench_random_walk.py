@@ -1,7 +1,8 @@
 """Benchmark the boundary-guided random walk (wsss.refine.random_walk).
 
-Times ``affinity_from_boundary`` + ``propagate`` for one image
-(delta=5, n=10, 21 classes) at map sizes 32x32 (128x128 input at stride 4) and
+Times ``boundary_random_walk`` (Eq. 6: affinities from the boundary map, ``(1 - B)``
+weighting, propagation) per image, for a batch of ``--batch`` images (delta=5, n=10, 21
+classes; time / batch), at map sizes 32x32 (128x128 input at stride 4) and
 128x128 (512x512 VOC-scale input at stride 4), for
 
 * ``t = 8`` literal steps, and
@@ -15,7 +16,7 @@ CUDA -> ``torch.cuda.max_memory_allocated`` above the inputs.
 Usage::
 
     python benchmarks/bench_random_walk.py [--sizes 32 128] [--steps 8 256]
-        [--methods banded sparse] [--devices cpu cuda] [--reps 3] [--threads 1]
+        [--methods banded sparse] [--devices cpu cuda] [--reps 3] [--threads 1] [--batch 1]
 """
 
 from __future__ import annotations
@@ -38,26 +39,18 @@ def _child(cfg: dict) -> dict:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     sys.path.insert(0, ROOT)
-    from wsss.refine.random_walk import (
-        affinity_from_boundary,
-        propagate,
-        sparse_propagate,
-        to_sparse_transition,
-    )
+    from wsss.refine.random_walk import affinity_from_boundary, boundary_random_walk
 
     dev = torch.device(cfg["device"])
-    s, C, steps = cfg["size"], cfg["classes"], cfg["steps"]
+    s, C, steps, B = cfg["size"], cfg["classes"], cfg["steps"], cfg["batch"]
     g = torch.Generator().manual_seed(0)
-    boundary = torch.rand(1, 1, s, s, generator=g).to(dev)
-    scores = torch.rand(1, C, s, s, generator=g).to(dev)
+    boundary = torch.rand(B, 1, s, s, generator=g).to(dev)
+    scores = torch.rand(B, C, s, s, generator=g).to(dev)
 
     def run():
         with torch.no_grad():
-            A, off = affinity_from_boundary(boundary, radius=cfg["radius"], power=cfg["power"])
-            if cfg["method"] == "banded":
-                out = propagate(scores, A, off, steps)
-            else:
-                out = sparse_propagate(scores, to_sparse_transition(A, off), steps)
+            out = boundary_random_walk(scores, boundary, cfg["radius"], cfg["power"], steps, log2_steps=False,
+                                       method=cfg["method"])
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out
@@ -89,8 +82,9 @@ def _child(cfg: dict) -> dict:
         run()
         times.append(time.perf_counter() - t0)
     times.sort()
-    return {**cfg, **peak, "median_s": times[len(times) // 2], "min_s": times[0],
-            "aff_median_s": aff_times[len(aff_times) // 2],
+    per_image = {k: v / B for k, v in peak.items()}
+    return {**cfg, **per_image, "median_s": times[len(times) // 2] / B, "min_s": times[0] / B,
+            "aff_median_s": aff_times[len(aff_times) // 2] / B,
             "threads": torch.get_num_threads()}
 
 
@@ -107,6 +101,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads, default 1 (per-image cost; parallelise over images "
                          "with processes); 0 = torch default")
+    ap.add_argument("--batch", type=int, default=1, help="images per call; times and memory are per image")
     ap.add_argument("--json", action="store_true", help="also print raw JSON rows")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -127,7 +122,8 @@ def main() -> None:
             for steps in args.steps:
                 for method in args.methods:
                     cfg = dict(device=dev, size=size, steps=steps, method=method, classes=args.classes,
-                               radius=args.radius, power=args.power, reps=args.reps, threads=args.threads)
+                               radius=args.radius, power=args.power, reps=args.reps, threads=args.threads,
+                               batch=args.batch)
                     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
                                           capture_output=True, text=True)
                     if proc.returncode != 0:
@@ -138,7 +134,7 @@ def main() -> None:
                     print(f"  done {dev} {size}x{size} steps={steps} {method}: {r['median_s']*1e3:.1f} ms",
                           file=sys.stderr, flush=True)
 
-    print(f"\nrandom walk per image: affinity_from_boundary + propagate, delta={args.radius:g}, "
+    print(f"\nrandom walk per image: boundary_random_walk on batches of {args.batch}, delta={args.radius:g}, "
           f"n={args.power:g}, C={args.classes}, median of {args.reps} (after 1 warm-up)")
     hdr = f"{'device':6} {'map':>8} {'input@s4':>9} {'steps':>5} {'method':>7} {'thr':>3} " \
           f"{'aff ms':>7} {'total ms':>9} {'min ms':>8} {'ms/step':>8} {'peak MB':>8}"

@@ -143,9 +143,12 @@ class Experiment:
         if key not in self._datasets:
             needs_saliency = "saliency" in method_class(self.config.method).requires
             transform = (train_transform(self.crop_size(), self.config.scale_range) if train else eval_transform())
+            saliency_dir = self.config.saliency_dir
+            if needs_saliency and train:  # the method may pick its own source (EPS: a classical detector)
+                saliency_dir = self.method.saliency_folder(self) or saliency_dir
             self._datasets[key] = VOCDataset(
                 self.data_root, split, transform=transform, with_mask=not train,
-                with_saliency=needs_saliency and train, saliency_dir=self.config.saliency_dir,
+                with_saliency=needs_saliency and train, saliency_dir=saliency_dir,
                 extra_masks=self.method.training_masks(self, split) if train else None,
                 seed=self.config.train.seed, cache=True)
         return self._datasets[key]

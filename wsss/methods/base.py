@@ -65,6 +65,11 @@ class WSSSMethod(nn.Module):
         image (255 on crop padding) and arrive as `batch[f"{name}_mask"]`, (B, H, W) int64."""
         return {}
 
+    def saliency_folder(self, experiment: Any) -> Path | None:
+        """Folder of the saliency maps (`<id>.png`) for methods that `require` saliency; None: the
+        dataset's own (`ExperimentConfig.saliency_dir`, else `<root>/SaliencyMaps`)."""
+        return None
+
     def param_groups(self) -> list[dict[str, Any]]:
         """Backbone at the base learning rate, new layers at `lr_mult` times it."""
         new_ids = {id(p) for m in self.new_modules() for p in m.parameters()}
@@ -87,6 +92,13 @@ def gap_cam_logits(features: torch.Tensor, classifier: nn.Conv2d) -> torch.Tenso
 def cam_from_features(features: torch.Tensor, classifier: nn.Conv2d) -> torch.Tensor:
     """CAM = ReLU(W^T f) at every location: the classifier applied densely."""
     return F.relu(F.conv2d(features, classifier.weight))
+
+
+def valid_at(valid: torch.Tensor | None, size: tuple[int, int] | torch.Size) -> torch.Tensor | None:
+    """(B, H, W) crop-padding mask at feature resolution: a location is valid when most of its cell is image."""
+    if valid is None:
+        return None
+    return F.interpolate(valid[:, None].float(), size=tuple(size), mode="area")[:, 0] > 0.5
 
 
 _REGISTRY: dict[str, type[WSSSMethod]] = {}

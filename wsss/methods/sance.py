@@ -16,6 +16,11 @@ batches as `seed_mask`, augmented with the image (`training_masks`).
 Final pseudo labels (Sec. 3.3) propagate the segmentation map (SANCE) or the CAM (baseline) with
 the test-time-augmented contour map; the constant background score is chosen by the same
 validation sweep the CAM baseline uses, so every row is compared at its best threshold.
+
+Walk steps: final pseudo labels use IRNet's convention (t=8 matrix squarings = 256 steps); online
+labels take Eq. 6's t literally (8 iterations) because they run at every training step, where 256
+would cost 32x more (`online_log2_steps=True` restores it). Only the present classes' channels
+are propagated (`walk_present`).
 """
 from __future__ import annotations
 
@@ -188,6 +193,27 @@ class Propagation:
                                     log2_steps=self.log2_steps)
 
 
+def walk_present(walk: Propagation, scores: torch.Tensor, present: torch.Tensor,
+                 boundary: torch.Tensor) -> torch.Tensor:
+    """`walk` of the present classes' channels only (absent ones come back 0).
+
+    The walk is linear and per channel, so only the (few) present channels of each image are
+    propagated, packed into max-present-count channels: the cost follows the image labels, not K.
+    scores (B, K, h, w), present (B, K) bool, boundary (B, 1, h, w).
+    """
+    b, k, h, w = scores.shape
+    n = int(present.sum(dim=1).max()) if present.numel() else 0
+    out = torch.zeros_like(scores, dtype=torch.float32)
+    if n == 0:
+        return out
+    # Indices of each image's present classes first (stable sort keeps class order).
+    order = torch.sort(present.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :n]
+    keep = torch.gather(present, 1, order)[:, :, None, None]
+    idx = order[:, :, None, None].expand(b, n, h, w)
+    packed = torch.gather(scores.float(), 1, idx) * keep
+    return out.scatter_(1, idx, walk.walk(packed, boundary) * keep)
+
+
 def online_labels(seg_prob: torch.Tensor, boundary: torch.Tensor, label: torch.Tensor, valid: torch.Tensor,
                   walk: Propagation, bg_score: float) -> torch.Tensor:
     """Y^b (Eqs. 6-7): the foreground probabilities of the present classes propagated inside the
@@ -196,9 +222,11 @@ def online_labels(seg_prob: torch.Tensor, boundary: torch.Tensor, label: torch.T
 
     seg_prob (B, 1 + K, h, w) softmax, boundary (B, 1, h, w), label (B, K) multi-hot, valid (B, h, w).
     """
-    fg = seg_prob[:, 1:] * label[:, :, None, None] * valid[:, None]
+    if seg_prob.shape[1] != label.shape[1] + 1:
+        raise ValueError(f"seg_prob has {seg_prob.shape[1]} channels, expected background + {label.shape[1]}")
+    fg = seg_prob[:, 1:] * valid[:, None]
     wall = torch.where(valid[:, None], boundary, torch.ones_like(boundary))
-    rw = walk.walk(fg, wall)
+    rw = walk_present(walk, fg, label > 0.5, wall)
     scores = torch.cat([rw.new_full(rw[:, :1].shape, bg_score), rw], dim=1)
     y = scores.argmax(dim=1)
     return y.masked_fill(~valid, IGNORE_INDEX)
@@ -326,11 +354,14 @@ class SANCE(_ContourMethod):
     """SANCE: contour + ASPP segmentation branches, CAM seeds + online labels.
 
     Options (paper defaults): online labels with delta=3, n=10, t=8 (`online_radius`,
-    `online_power`, `online_steps`), background score `online_bg` (tau_b, not given in the
-    paper), `refine` "crf" (label refine module) or None (SANCE-naive), `refine_for` the branches
-    whose online label is refined (Table 4: the contour branch), `online_start` the training
-    progress from which online labels supervise (0: from the start, as the paper),
-    `snapshot_indices` training images whose online labels are kept for display.
+    `online_power`, `online_steps`; Eq. 6's t counts walk iterations, as the paper words it, unless
+    `online_log2_steps`: IRNet's 2**t squarings cost 32x more per training step), background score
+    `online_bg` (tau_b, not given in the paper), `refine` "crf" (label refine module) or None
+    (SANCE-naive), `refine_for` the branches whose online label is refined (Table 4: the contour
+    branch), `online_start` the training progress from which online labels supervise (the paper
+    starts from ImageNet weights; our segmentation head starts random, so its online labels wait
+    for the first 10% of training), `snapshot_indices` training images whose online labels are
+    kept for display.
     """
 
     name = "sance"
@@ -339,7 +370,8 @@ class SANCE(_ContourMethod):
 
     def __init__(self, num_classes: int, backbone: Backbone, *, refine: str | None = "crf",
                  refine_for: Sequence[str] = ("contour",), online_radius: float = 3.0, online_power: float = 10.0,
-                 online_steps: int = 8, online_bg: float = 0.5, online_start: float = 0.0,
+                 online_steps: int = 8, online_log2_steps: bool = False, online_bg: float = 0.5,
+                 online_start: float = 0.1,
                  aspp_rates: Sequence[int] = (1, 3, 6, 9), snapshot_indices: Sequence[int] = (0, 1, 2, 3),
                  **options: Any) -> None:
         super().__init__(num_classes, backbone, **options)
@@ -349,7 +381,7 @@ class SANCE(_ContourMethod):
         if not set(refine_for) <= {"contour", "seg"}:
             raise ValueError(f"refine_for takes 'contour' and/or 'seg', got {refine_for!r}")
         self.refine, self.refine_for = refine, tuple(refine_for)
-        self.online = Propagation(online_radius, online_power, online_steps)
+        self.online = Propagation(online_radius, online_power, online_steps, online_log2_steps)
         self.online_bg, self.online_start = online_bg, online_start
         self.seg = ASPP(backbone.out_channels, num_classes + 1, aspp_rates)
         self.snapshot_indices = frozenset(int(i) for i in snapshot_indices)
@@ -443,7 +475,9 @@ class PseudoLabelParams:
     """How final pseudo labels are made (Sec. 3.3): propagate `source` ("seg": the segmentation map,
     "cam": the CAM run's maps) with the contour map averaged over `scales` (and flips), with
     delta=5, n=10, t=8. `normalize` "max" divides each image's propagated scores by their maximum
-    (IRNet, for CAMs); None keeps probabilities."""
+    (IRNet, for CAMs; for the segmentation map too, since its propagated probabilities, diluted by
+    (1 - B) and the walk, fall below the shared sweep's 0.05 floor on SynthVOC quick); None keeps
+    the propagated probabilities."""
 
     source: str = "seg"
     scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
@@ -451,7 +485,7 @@ class PseudoLabelParams:
     radius: float = 5.0
     power: float = 10.0
     steps: int = 8
-    normalize: str | None = None
+    normalize: str | None = "max"
 
     def __post_init__(self) -> None:
         if self.source not in ("seg", "cam"):
@@ -463,9 +497,9 @@ class PseudoLabelParams:
 
     @classmethod
     def for_source(cls, source: str, **overrides: Any) -> "PseudoLabelParams":
-        """Paper defaults per source: the baseline's CAM at one scale, max-normalized (IRNet);
-        SANCE's segmentation map with multi-scale TTA."""
-        base = cls(source="cam", scales=(1.0,), normalize="max") if source == "cam" else cls(source="seg")
+        """Paper defaults per source: the baseline's CAM at one scale (IRNet); SANCE's segmentation
+        map with multi-scale TTA."""
+        base = cls(source="cam", scales=(1.0,)) if source == "cam" else cls(source="seg")
         return replace(base, **overrides)
 
     def tag(self) -> str:
@@ -509,15 +543,15 @@ def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> P
         labels = torch.stack([s["label"] for s in group]).to(device)
         maps = tta_maps(method, images, params.scales, params.flip)
         if cam_dir is None:
-            scores = maps[:, 2:] * labels[:, :, None, None]
+            scores = maps[:, 2:]
         else:
             scores = torch.zeros(len(group), method.num_classes, *images.shape[-2:], device=device)
             for b, s in enumerate(group):
                 keys, cam = load_cam(cam_dir / f"{s['id']}.npz")
                 scores[b, torch.from_numpy(keys).to(device)] = torch.from_numpy(cam).to(device)
             scores = F.interpolate(scores, size=maps.shape[-2:], mode="area")
-        rw = F.interpolate(walk.walk(scores, maps[:, :1]), size=images.shape[-2:], mode="bilinear",
-                           align_corners=False)
+        rw = F.interpolate(walk_present(walk, scores, labels > 0.5, maps[:, :1]), size=images.shape[-2:],
+                           mode="bilinear", align_corners=False)
         for b, s in enumerate(group):
             keys = torch.nonzero(labels[b] > 0.5).flatten()
             cam = rw[b, keys]
@@ -582,3 +616,35 @@ def contour_scores(experiment: Any, split: str | None = None, scales: Sequence[f
     scores = {**fmeter.scores(), **mass.scores()}
     write_json(path, scores)
     return scores
+
+
+# ---------------------------------------------------------------------------------- notebook views
+
+
+def pseudo_label_scores(experiment: Any, params: PseudoLabelParams, split: str | None = None) -> dict[str, Any]:
+    """Scores (with provenance) of the propagated pseudo labels of `split` made with `params`."""
+    split = split or experiment.config.eval_split
+    thr = propagation_sweep(experiment, params)["best_threshold"]
+    scores = experiment.evaluate_masks(propagated_pseudo_labels(experiment, split, params), split)
+    return {**scores, **experiment.provenance(split, thr, False)}
+
+
+@torch.no_grad()
+def example_contours(experiment: Any, indices: Sequence[int], split: str | None = None) -> list[np.ndarray]:
+    """Contour maps (image resolution, flip-averaged) of images `indices` of `split`."""
+    ds = experiment.dataset(split or experiment.config.eval_split)
+    method = experiment.trained_method()
+    out = []
+    for i in indices:
+        image = ds[i]["image"][None].to(experiment.device)
+        boundary = multiscale_maps(method.maps, image, (1.0,), True)[0, 0] / 2
+        out.append(boundary.cpu().numpy())
+    return out
+
+
+def online_label_history(method: "SANCE", index: int, n: int) -> list[dict[str, Any]]:
+    """Up to `n` snapshots of training image `index`, evenly spread over training (first and last kept)."""
+    shots = sorted((s for s in method.snapshots if s["index"] == index), key=lambda s: s["progress"])
+    if len(shots) <= n:
+        return shots
+    return [shots[round(j * (len(shots) - 1) / max(n - 1, 1))] for j in range(n)]

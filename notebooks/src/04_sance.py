@@ -1,0 +1,201 @@
+# %% [markdown]
+# # SANCE: segmentation-assisted noiseless contour exploration
+#
+# Li, Fan and Zhang (CVPR 2022) start where IRNet does: CAM seeds (Eq. 1: class where the
+# normalized CAM exceeds 0.30, background below 0.05, unsure between, refined by a dense CRF)
+# supervise a contour branch through inter-pixel affinities (Eqs. 2-4: `a_ij = (1 - max B on the
+# path)^n` within a radius, class-balanced loss). Such contours also fire *inside* objects (part
+# edges, two-tone textures) and stop the CAM's random walk there. SANCE adds
+#
+# - an auxiliary **segmentation branch** (ASPP) on the shared backbone, trained on the seeds;
+# - **online labels**: the segmentation map propagated inside the contours (Eq. 6, delta=3, n=10,
+#   t=8), absent classes zeroed, a constant background score, argmax (Eq. 7), which supervise both
+#   branches; the **label refine module** (Eq. 8) lets a dense CRF of the segmentation map decide
+#   background for the contour branch's online label (SANCE-naive: no refinement);
+# - final pseudo labels from the segmentation map propagated with the contour map (delta=5, n=10,
+#   t=8), multi-scale test-time augmentation (TTA).
+#
+# Paper, PASCAL VOC 2012 (Table 1, pseudo-label mIoU on *train*): baseline 66.6, SANCE-naive 69.9
+# (CAM map) / 74.6 (seg map, stride 8), SANCE 75.7, SANCE+TTA 76.9. Contour F-measure on SBD val
+# (Table 2): baseline 57.0, SANCE-naive 60.9, SANCE 62.4.
+#
+# On SynthVOC the phenomenon is planted: two-tone objects have intra-object colour edges, so a
+# contour map trained from coarse seeds alone tends to put mass inside objects. We measure where
+# the contour mass lies (`share_inside`) and the contour F-measure against ground-truth label
+# boundaries, and the pseudo-label mIoU.
+
+# %% tags=["parameters"]
+preset = "quick"  # SynthVOC preset: tiny, quick or full
+data_root = None  # a VOC-layout folder such as VOCdevkit/VOC2012, or None for SynthVOC
+backbone = "small"  # small for CPU, resnet50 as IRNet
+pretrained = None  # None, "imagenet" or a path to saved weights
+epochs = None  # None for the preset recipe
+batch_size = None
+lr = None
+seed = 0
+main_run = True  # train the main SANCE run with the preset recipe, the row notebook 07 compares
+ablation_epochs = 3  # schedule of every Table 1 and 2 row, None for the preset recipe
+ablation_split = "val"  # images the Table 1 and 2 rows train on with image labels and CAM seeds only, None for train
+n_examples = 4
+n_history = 4  # online-label snapshots shown per training image
+
+# %%
+from IPython.display import Markdown, display
+
+from wsss import report, viz
+from wsss.data.voc import read_mask
+from wsss.experiment import Experiment, ExperimentConfig
+from wsss.inference import load_cam
+from wsss.methods.sance import (PseudoLabelParams, contour_scores, example_contours, online_label_history,
+                                propagated_pseudo_labels, pseudo_label_scores)
+
+
+def experiment(method: str, epochs=epochs, train_split=None, **options) -> Experiment:
+    return Experiment(ExperimentConfig.for_preset(
+        preset, method=method, method_options=options, data_root=data_root, backbone=backbone,
+        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_split=train_split))
+
+
+def ablation(method: str, **options) -> Experiment:
+    return experiment(method, epochs=ablation_epochs, train_split=ablation_split, **options)
+
+
+cam = experiment("cam")  # stage 1, the run of notebook 01
+main = experiment("sance")
+runs = {"baseline": ablation("irn_contour"), "SANCE-naive": ablation("sance", refine=None),
+        "SANCE": ablation("sance")}
+split = main.config.eval_split
+schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
+            f"{ablation_split or main.config.train_split}")
+print("CAM run:", cam.run_dir)
+print("SANCE run:", main.run_dir)
+
+# %% [markdown]
+# ## Training
+#
+# Both second stages start from the CAM network's backbone and train on its seeds. `loss` sums
+# `contour_seed` and `seg_seed` (Eqs. 4, 5 on the CAM seeds) and, once online labels start
+# (after 10% of training), `contour_online` and `seg_online`.
+
+# %%
+results = {"CAM": cam.train(), **({"SANCE (main)": main.train()} if main_run else {}),
+           **{f"{name} ({schedule})": exp.train() for name, exp in runs.items()}}
+speed = [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
+         for name, r in results.items()]
+display(Markdown(viz.markdown_table(speed, ["run", "steps", "seconds", "images/s"])))
+viz.save_figure(viz.plot_curves({name: exp.train_log() for name, exp in runs.items()},
+                                keys=("loss", "contour_seed", "contour_online", "seg_online")), "04_sance_training");
+
+# %% [markdown]
+# ## Contour maps: contour-only baseline vs SANCE
+#
+# Flip-averaged contour maps of evaluation images (red: high). The baseline's contours follow
+# every colour edge the seeds leave unsure; SANCE's should stay on object outlines.
+
+# %%
+ds = main.dataset(split)
+indices = [i for i, _ in viz.pick_examples(ds, n_examples)]
+contours = {name: example_contours(exp, indices) for name, exp in runs.items()}
+grid, titles = [], []
+for j, i in enumerate(indices):
+    raw = ds.load(i)
+    grid.append([raw["image"], viz.colorize(raw["mask"]), *(viz.heat(contours[name][j]) for name in runs)])
+    titles.append([raw["id"], "ground truth", *runs])
+viz.save_figure(viz.image_grid(grid, titles), "04_sance_contours");
+
+# %% [markdown]
+# ## Propagation results
+#
+# The baseline propagates the CAM with its contours (IRNet); SANCE propagates its segmentation map
+# with its contours, over scales 1.0, 0.5, 1.5, 2.0 and flips (TTA). Background scores are the
+# best of the validation sweep, as for the CAM rows.
+
+# %%
+maps = {"baseline": (runs["baseline"], PseudoLabelParams.for_source("cam")),
+        "SANCE-naive": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg")),
+        "SANCE": (runs["SANCE"], PseudoLabelParams.for_source("seg"))}
+label_dirs = {name: propagated_pseudo_labels(exp, split, params) for name, (exp, params) in maps.items()}
+cam_dir = cam.class_maps(split)
+grid, titles = [], []
+for i in indices:
+    raw = ds.load(i)
+    _, cam_maps = load_cam(cam_dir / f"{raw['id']}.npz")
+    cam_max = cam_maps.max(axis=0) if len(cam_maps) else raw["image"][..., 0] * 0.0
+    grid.append([viz.overlay(raw["image"], cam_max), *(viz.colorize(read_mask(d / f"{raw['id']}.png"))
+                                                      for d in label_dirs.values()), viz.colorize(raw["mask"])])
+    titles.append(["CAM", "baseline: CAM walk", "SANCE-naive: seg walk", "SANCE: seg walk", "ground truth"])
+viz.save_figure(viz.image_grid(grid, titles), "04_sance_propagation");
+
+# %% [markdown]
+# ## Online labels over training
+#
+# For two training images of the SANCE run: the CAM seed (white: unsure), the online label Y^b
+# (Eq. 7), the refined label Y^r (Eq. 8, background where the CRF of the segmentation map says
+# so) and the contour map, at successive passes over the image.
+
+# %%
+model = runs["SANCE"].trained_method()
+grid, labels = [], []
+for index in sorted(model.snapshot_indices)[:2]:
+    for shot in online_label_history(model, index, n_history):
+        grid.append([shot["image"].numpy(), viz.colorize(shot["seed"].numpy()), viz.colorize(shot["online"].numpy()),
+                     viz.colorize(shot["refined"].numpy()), viz.heat(shot["boundary"].float().numpy())])
+        labels.append(f"image {index}, {100 * shot['progress']:.0f}%")
+if grid:
+    viz.save_figure(viz.image_grid(grid, [["crop", "seed", "online Y^b", "refined Y^r", "contour"]] * len(grid),
+                                   row_labels=labels), "04_sance_online_labels");
+
+# %% [markdown]
+# ## Table 1: pseudo labels
+#
+# Pseudo-label mIoU on the evaluation split. CAM rows: the CAM baseline's thresholded maps (the
+# seeds' source, full recipe). Table rows: every second stage trained with the same schedule
+# (`ablation_epochs` on `ablation_split`: the paper scores pseudo labels of the images the model
+# trained on; the rows see image labels and CAM seeds only). "map" is what the contours propagate.
+
+# %%
+part = main.phenomena().get("part_defined", [])
+single = dict(scales=(1.0,), flip=False)
+contour = {name: contour_scores(exp) for name, exp in [*runs.items(), *((("SANCE (main)", main),) if main_run else ())]}
+table1 = [  # variant, stage, scores, the run whose contours made them
+    ("CAM", "cam", cam.evaluate(split), None),
+    ("CAM + CRF", "cam", cam.evaluate(split, crf=True), None),
+    (f"baseline, CAM map ({schedule})", "pseudo",
+     pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_source("cam")), "baseline"),
+    (f"SANCE-naive, CAM map ({schedule})", "pseudo",
+     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("cam")), "SANCE-naive"),
+    (f"SANCE-naive, seg map ({schedule})", "pseudo",
+     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("seg", **single)), "SANCE-naive"),
+    (f"SANCE, seg map ({schedule})", "pseudo",
+     pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", **single)), "SANCE"),
+    (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg")),
+     "SANCE"),
+]
+if main_run:  # the method's own pseudo labels (its `pseudo_labels` hook), full recipe
+    table1.append(("SANCE + TTA", "pseudo", pseudo_label_scores(main, PseudoLabelParams.for_source("seg")),
+                   "SANCE (main)"))
+rows = [report.make_row(scores, variant=variant, stage=stage, part_classes=part,
+                        **({"contour_f": contour[run]["ods_f"]} if run else {}))
+        for variant, stage, scores, run in table1]
+if main_run:
+    rows[-1].update(train_s=results["SANCE (main)"].seconds, images_per_s=results["SANCE (main)"].images_per_s)
+report.record([r for r in rows if r["method"] != "cam"])
+
+# %% [markdown]
+# ## Table 2: contours
+#
+# Contour F-measure (ODS, OIS) of the flip-averaged contour maps against ground-truth label
+# boundaries, and the shares of contour mass inside objects, on boundaries and in background.
+
+# %%
+contour_rows = [{"setting": name, **{k: c[k] for k in ("ods_f", "ois_f", "share_inside", "share_boundary",
+                                                         "share_background")}} for name, c in contour.items()]
+display(Markdown(viz.markdown_table(contour_rows, list(contour_rows[0]), percent=list(contour_rows[0])[1:])))
+
+# %%
+# NBVAL_CHECK_OUTPUT
+columns = ["variant", "bg_threshold", "miou", "fg_precision", "fg_recall", "boundary_iou", "part_recall", "contour_f"]
+print(viz.markdown_table(rows, columns, percent=columns[2:]))
+print()
+print(viz.markdown_table(contour_rows, ["setting", "ods_f", "ois_f", "share_inside"],
+                         percent=["ods_f", "ois_f", "share_inside"]))

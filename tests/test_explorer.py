@@ -1,0 +1,82 @@
+"""The CAM explorer, driven headless through its widgets on hand-made run artifacts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsss.data.voc import VOCDataset
+from wsss.explorer import CAMExplorer, decode_png, image_iou, runs_with_cams
+from wsss.inference import save_cam
+from wsss.io import write_json
+
+
+def _fake_run(root: Path, name: str, data_root: Path, fg: float, best: float | None = None) -> Path:
+    """A run whose val CAMs are `fg` on each present class's ground-truth region and 0.2 elsewhere."""
+    run = root / name
+    ds = VOCDataset(data_root, "val")
+    for i, sample_id in enumerate(ds.ids):
+        mask = ds.load(i)["mask"]
+        keys = np.flatnonzero(ds.label(i) > 0.5)
+        cam = np.stack([np.where(mask == k + 1, fg, 0.2) for k in keys]).astype(np.float32) \
+            if len(keys) else np.zeros((0,) + mask.shape, np.float32)
+        save_cam(run / "cams" / "val" / f"{sample_id}.npz", keys, cam)
+    (run / "cams" / "val" / "_done").write_text("done")
+    write_json(run / "config.json", {"data_root": str(data_root), "preset": "tiny", "method": "cam"})
+    if best is not None:
+        write_json(run / "sweep_val.json", {"best_threshold": best})
+    return run
+
+
+def test_image_iou_by_hand() -> None:
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 1, 1, 1], [0, 0, 0, 2]])
+    # background: 3 / 5 (gt 4, pred 4, both 3); class 1: 2 / 4; class 2: only on an ignored pixel -> absent
+    assert image_iou(pred, gt, 2) == pytest.approx((3 / 5 + 2 / 4) / 2)
+
+
+def test_explorer_updates_with_its_controls(tiny_root: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    a = _fake_run(runs, "a-run", tiny_root, fg=0.8, best=0.5)
+    b = _fake_run(runs, "b-run", tiny_root, fg=0.4)
+    (runs / "no-cams").mkdir()
+    assert runs_with_cams(runs) == [a, b]
+
+    ex = CAMExplorer(runs_with_cams(runs))
+    ds = VOCDataset(tiny_root, "val")
+    index = next(i for i in range(len(ds)) if ds.label(i).sum() > 0)
+    ex.image.value = ds.ids[index]
+    gt = ds.load(index)["mask"]
+    # the run's best threshold is preselected; CAM 0.8 on the objects, 0.2 elsewhere -> the GT itself
+    assert ex.threshold.value == 0.5
+    np.testing.assert_array_equal(ex.pseudo[gt != 255], gt[gt != 255])
+    assert ex.iou == pytest.approx(1.0) and "100.0%" in ex.info.value
+    first_view = ex.view.value
+    assert decode_png(first_view).ndim == 3
+
+    ex.threshold.value = 0.9  # above every CAM value: all background
+    assert (ex.pseudo == 0).all()
+    valid = gt != 255
+    n_fg_classes = len(np.unique(gt[valid & (gt > 0)]))
+    assert ex.iou == pytest.approx(np.mean(gt[valid] == 0) / (n_fg_classes + 1))
+    assert ex.view.value != first_view and "0.90" in ex.info.value
+
+    ex.crf.value = True
+    assert ex.state()["crf"] and "CRF" in ex.info.value
+
+    ex.threshold.value, ex.crf.value = 0.3, False
+    ex.run.value = b  # fg 0.4 > 0.3: still the GT; the other run has no sweep, so 0.3 is the default
+    assert ex.state()["run"] == "b-run" and ex.threshold.value == 0.3
+    assert ex.iou == pytest.approx(1.0)
+    ex.threshold.value = 0.45
+    assert (ex.pseudo == 0).all()
+
+    classes = [v for _, v in ex.cls.options]
+    assert classes == [int(k) for k in np.flatnonzero(ds.label(index) > 0.5)]
+
+
+def test_explorer_without_runs_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="class maps"):
+        CAMExplorer([], split="val")

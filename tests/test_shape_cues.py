@@ -1,0 +1,188 @@
+"""Shape cues: SCM self-information, SPR, pseudo masks, losses and one training step on tiny data."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wsss.io import IGNORE_INDEX
+from wsss.methods.base import build_method
+from wsss.methods.shape_cues import (
+    ShapeCueModule,
+    balanced_pixel_loss,
+    complete_masks,
+    decoder_masks,
+    drop_probability,
+    manhattan_offsets,
+    region_loss,
+    self_information,
+)
+from wsss.refine.spr import propagate, pseudo_mask, spr, spr_affinity
+
+
+# ---------------------------------------------------------------------------------- SCM
+
+
+def test_manhattan_offsets_fill_the_ball() -> None:
+    off = manhattan_offsets(2)
+    assert len(off) == 12  # 2 r (r + 1) points at distance 1..r
+    assert off.abs().sum(dim=1).max() == 2 and (off.abs().sum(dim=1) > 0).all()
+
+
+def _step_edge() -> torch.Tensor:
+    """(1, 2, 16, 32): flat left half, flat right half of another value: one vertical edge at x = 16."""
+    x = torch.zeros(1, 2, 16, 32)
+    x[:, :, :, 16:] = 1.0
+    return x
+
+
+def test_self_information_is_low_on_flat_texture_and_high_on_an_edge() -> None:
+    info = self_information(_step_edge(), manhattan_offsets(7), bandwidth=1.0)[0]
+    flat = -math.log(1 / math.sqrt(2 * math.pi))  # every neighbour patch identical: density = 1 / sqrt(2 pi)
+    assert info[8, 3].item() == pytest.approx(flat, abs=1e-5)
+    assert info[8, 28].item() == pytest.approx(flat, abs=1e-5)
+    assert info[8, 15].item() > flat + 0.3 and info[8, 16].item() > flat + 0.3
+    # The drop distribution favours the flat region.
+    prob = drop_probability(info[None], tau=0.5)[0]
+    assert prob.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert prob[8, 3] > 2 * prob[8, 15]
+
+
+def test_scm_training_drops_and_evaluation_is_deterministic() -> None:
+    torch.manual_seed(0)
+    scm = ShapeCueModule(2, 4, radius=7, samples=9, drop_rate=0.5)
+    x = _step_edge()
+    keep = scm.keep_mask(x)
+    assert set(keep.unique().tolist()) <= {0.0, 1.0}
+    assert 0 < (keep == 0).sum() <= round(0.5 * 16 * 32)
+    scm.eval()
+    a, b = scm.keep_mask(x), scm.keep_mask(x)
+    assert torch.equal(a, b) and ((a > 0) & (a < 1)).all()
+    assert a[0, 0, 8, 15] > a[0, 0, 8, 3]  # edges survive more often
+
+
+# ---------------------------------------------------------------------------------- SPR
+
+
+def test_spr_with_alpha_one_is_pure_colour_refinement() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, 10, 12)
+    p1, p2 = torch.rand(2, 3, 10, 12), torch.rand(2, 3, 10, 12)
+    a1, a2 = spr_affinity(image, p1, alpha=1.0), spr_affinity(image, p2, alpha=1.0)
+    assert torch.allclose(a1, a2)  # the scores play no part
+    assert torch.allclose(a1.sum(dim=2), torch.ones(2, 1, 10, 12))
+    # with semantics the affinity depends on the scores, per class
+    s1 = spr_affinity(image, p1, alpha=0.8)
+    assert s1.shape == (2, 3, 48, 10, 12) and not torch.allclose(s1[:, :1], a1)
+
+
+def test_spr_on_a_flat_image_averages_the_eight_neighbours() -> None:
+    image = torch.ones(1, 3, 7, 7)
+    probs = torch.zeros(1, 1, 7, 7)
+    probs[0, 0, 3, 3] = 1.0
+    out = spr(probs, image, alpha=1.0, dilations=(1,), iterations=1)[0, 0]
+    expected = torch.zeros(7, 7)
+    expected[2:5, 2:5] = 1 / 8
+    expected[3, 3] = 0.0  # the centre is not its own neighbour
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_spr_does_not_cross_a_colour_edge() -> None:
+    image = torch.zeros(1, 3, 8, 8)
+    image[..., 4:] = 1.0
+    probs = torch.zeros(1, 1, 8, 8)
+    probs[..., :4] = 1.0
+    steps = propagate(probs, spr_affinity(image, probs, alpha=1.0, dilations=(1, 2)), (1, 2), iterations=10)
+    assert steps[-1][..., 4:].max() < 1e-3 and steps[-1][..., :4].min() > 0.99
+
+
+def test_pseudo_mask_ignores_unsure_and_conflicting_pixels() -> None:
+    refined = torch.tensor([[[[1.0, 0.5, 0.1, 0.7]],       # background
+                             [[0.0, 0.9, 0.1, 0.8]]]])     # class
+    labels = pseudo_mask(refined, cutoff=0.6, floor=0.2)[0, 0]
+    # thresholds: bg 0.6, class 0.54 -> pixel 0 bg; 1 class; 2 nobody (unsure); 3 both (conflict)
+    assert labels.tolist() == [0, 1, IGNORE_INDEX, IGNORE_INDEX]
+    low = pseudo_mask(refined * 0.25, cutoff=0.6, floor=0.2)[0, 0]  # maxima 0.25 / 0.225: the floor rules
+    assert low.tolist() == [0, 1, IGNORE_INDEX, IGNORE_INDEX]
+    assert pseudo_mask(refined, torch.tensor([[[True, False, True, True]]]))[0, 0, 1] == IGNORE_INDEX
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+def _log(p: list[list[float]]) -> torch.Tensor:
+    """Two pixels side by side: [[p_a], [p_b]] -> (1, C, 1, 2) log-probabilities."""
+    return torch.tensor(p).t().log().view(1, -1, 1, 2)
+
+
+def test_region_loss_hand_made() -> None:
+    a, b = [0.9, 0.1], [0.2, 0.8]
+    kl_ba = 0.2 * math.log(0.2 / 0.9) + 0.8 * math.log(0.8 / 0.1)  # KL(m_b || m_a)
+    kl_ab = 0.9 * math.log(0.9 / 0.2) + 0.1 * math.log(0.1 / 0.8)
+    same = region_loss(_log([a, b]), torch.tensor([[[0, 0]]]), radius=1, margin=3.0)
+    assert same.item() == pytest.approx((kl_ba + kl_ab) / 2, rel=1e-5)
+    differ = region_loss(_log([a, b]), torch.tensor([[[0, 1]]]), radius=1, margin=3.0)
+    assert differ.item() == pytest.approx((max(0, 3 - kl_ba) + max(0, 3 - kl_ab)) / 2, rel=1e-5)
+    # an ignored neighbour leaves the other pixel without pairs: nothing to average
+    assert region_loss(_log([a, b]), torch.tensor([[[0, IGNORE_INDEX]]]), radius=1).item() == 0.0
+
+
+def test_balanced_pixel_loss_weighs_classes_equally() -> None:
+    probs = torch.tensor([[0.8, 0.6, 0.5, 0.3], [0.2, 0.4, 0.5, 0.7]]).view(1, 2, 1, 4)
+    labels = torch.tensor([[[0, 0, 0, 1]]])
+    expected = (-(math.log(0.8) + math.log(0.6) + math.log(0.5)) / 3 - math.log(0.7)) / 2
+    assert balanced_pixel_loss(probs.log(), labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_only_masks_with_every_present_class_are_complete() -> None:
+    labels = torch.tensor([[[0, 2, IGNORE_INDEX]], [[0, 0, IGNORE_INDEX]], [[2, 2, 1]]])  # (3, 1, 3)
+    label = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # every image shows class 1 (label 2)
+    # image 0 has background and class 1; image 1 lost the class; image 2 lost the background
+    assert complete_masks(labels, label).tolist() == [True, False, False]
+
+
+# ---------------------------------------------------------------------------------- training step
+
+
+def test_one_training_step_on_tiny(tiny_root: Path) -> None:
+    from wsss.data.transforms import train_transform
+    from wsss.data.voc import VOCDataset
+    from wsss.train import collate
+
+    ds = VOCDataset(tiny_root, "train", transform=train_transform(64, (0.7, 1.3)), with_mask=False)
+    batch = collate([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = build_method("shape_cues", ds.num_classes, "small", backbone_init=None)
+    model.train()
+    scores = model.scores(batch["image"])
+    assert scores.shape == (4, ds.num_classes + 1, 16, 16)
+    assert torch.equal(scores[:, 0], torch.ones(4, 16, 16))
+    losses = model(batch, progress=0.5)
+    assert set(losses) == {"loss", "cls", "pixel", "region", "complete"} and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    for name, module in (("backbone", model.backbone), ("scm", model.scm), ("aspp", model.aspp),
+                         ("decoder", model.decoder), ("classifier", model.classifier)):
+        grads = [p.grad for p in module.parameters() if p.requires_grad]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
+    assert sum(float(p.grad.abs().sum()) for p in model.scm.parameters()) > 0
+    # before mask_start only the classification loss is trained
+    early = model(batch, progress=0.0)
+    assert early["pixel"] == 0 and early["region"] == 0 and early["loss"] == early["cls"]
+    model.eval()
+    maps = model.class_maps(batch["image"])
+    assert maps.shape == (4, ds.num_classes, 16, 16) and (maps >= 0).all()
+    masks = decoder_masks(model, batch["image"], batch["label"], scales=(1.0, 0.5), flip=True)
+    allowed = [{0, *(np.flatnonzero(lab.numpy()) + 1)} for lab in batch["label"]]
+    assert masks.shape == (4, 64, 64) and all(set(np.unique(m)) <= a for m, a in zip(masks, allowed))
+
+
+def test_ablation_switches() -> None:
+    base = build_method("shape_cues", 3, "small", scm=False, spr=False, backbone_init=None)
+    assert base.scm is None and base.alpha == 1.0
+    full = build_method("shape_cues", 3, "small", backbone_init=None)
+    assert full.scm is not None and full.alpha == 0.8
+    with pytest.raises(ValueError):
+        build_method("shape_cues", 3, "small", backbone_init="imagenet")

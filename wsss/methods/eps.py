@@ -1,0 +1,211 @@
+"""EPS (Lee, Lee, Lee and Shim, CVPR 2021): saliency as pseudo-pixel supervision.
+
+The classifier predicts C + 1 localization maps (softmax over the C object classes and one
+background class at every location). The image scores are the GAP of the C object logits, trained
+with the multi-label soft-margin loss; the background channel gets no classification gradient.
+The saliency loss compares an estimated saliency map with a given one (Eqs. 1-3):
+
+    M_fg = sum of the present classes' maps whose overlap ratio with the saliency exceeds tau,
+    M_bg = background map + the present classes' maps that do not (map selection, Eq. 2),
+    M_s_hat = lambda * M_fg + (1 - lambda) * (1 - M_bg),
+    L_sal = mean over pixels of (M_s - M_s_hat)^2,
+
+where the overlap ratio is |B_i and B_s| / |B_i| with maps binarized at 0.5. Classes the saliency
+detector misses (its systematic error) then train as background instead of being pulled to zero,
+and context the detector ignores (rail, water) is pushed into the background map.
+
+Class maps for inference are the C object channels of the softmax, as in the authors' code; the
+background map takes part through the softmax (where it is high, object probabilities are low).
+"""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wsss.data.transforms import eval_transform
+from wsss.data.voc import VOCDataset
+from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
+from wsss.models.backbones import Backbone
+from wsss.saliency import SOURCES, saliency_folder
+
+
+def overlap_ratio(class_maps: torch.Tensor, saliency: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, h, w) maps and (B, h, w) saliency -> (B, C): |B_i and B_s| / |B_i|, both binarized at
+    > 0.5; `weight` (B, h, w) counts pixels (0 on crop padding). NaN for a map with no pixel above
+    0.5: its overlap is undefined."""
+    b_i = (class_maps > 0.5).to(class_maps.dtype)
+    b_s = (saliency > 0.5).to(class_maps.dtype).unsqueeze(1)
+    w = torch.ones_like(b_s) if weight is None else weight.to(class_maps.dtype).unsqueeze(1)
+    area = (b_i * w).sum(dim=(2, 3))
+    ratio = (b_i * b_s * w).sum(dim=(2, 3)) / area.clamp_min(1e-6)
+    return torch.where(area > 0, ratio, torch.full_like(ratio, float("nan")))
+
+
+def select_maps(class_maps: torch.Tensor, saliency: torch.Tensor, label: torch.Tensor, tau: float,
+                weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Map selection (Eq. 2): (foreground, background, ratio), each (B, C). A present class goes to the
+    foreground when its overlap ratio exceeds `tau`, to the background when it does not; absent classes
+    and maps with no pixel above 0.5 (undefined ratio) go to neither, like the absent classes in the
+    authors' code. The authors' epsilon sends empty maps to the background instead: from ImageNet
+    weights maps peak from the first step, but from scratch every map starts below 0.5, all classes
+    would train as background, and the saliency loss would push them off the salient objects, a
+    fixed point the classifier never leaves. A constant of the loss: no gradient flows through it."""
+    ratio = overlap_ratio(class_maps.detach(), saliency, weight)
+    present = label > 0.5
+    return present & (ratio > tau), present & (ratio <= tau), ratio
+
+
+def estimated_saliency(probs: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, lam: float) -> torch.Tensor:
+    """(B, C + 1, h, w) localization maps (background last) and (B, C) selections -> (B, h, w):
+    lam * M_fg + (1 - lam) * (1 - M_bg) (Eq. 1)."""
+    objects, background = probs[:, :-1], probs[:, -1]
+    m_fg = (objects * fg[..., None, None].to(probs.dtype)).sum(dim=1)
+    m_bg = (objects * bg[..., None, None].to(probs.dtype)).sum(dim=1) + background
+    return lam * m_fg + (1.0 - lam) * (1.0 - m_bg)
+
+
+def saliency_loss(estimate: torch.Tensor, saliency: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared difference over pixels (Eq. 3), over the weighted (valid) pixels when `weight` is given."""
+    sq = (estimate - saliency) ** 2
+    if weight is None:
+        return sq.mean()
+    w = weight.to(sq.dtype)
+    return (sq * w).sum() / w.sum().clamp_min(1e-6)
+
+
+def to_map_size(saliency: torch.Tensor, valid: torch.Tensor | None,
+                size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image-resolution saliency (B, H, W) -> (saliency, weight) at the maps' resolution: area
+    averages over the valid pixels (the authors' nearest-neighbour subsampling aliases thin parts);
+    weight is the valid fraction of each cell."""
+    v = torch.ones_like(saliency) if valid is None else valid.to(saliency.dtype)
+    weight = F.interpolate(v[:, None], size=size, mode="area")
+    sal = F.interpolate((saliency * v)[:, None], size=size, mode="area") / weight.clamp_min(1e-6)
+    return sal[:, 0], weight[:, 0]
+
+
+@register_method
+class EPS(WSSSMethod):
+    name = "eps"
+    requires = ("saliency",)
+
+    def __init__(self, num_classes: int, backbone: Backbone, tau: float = 0.4, lam: float = 0.5,
+                 saliency: str = "dataset") -> None:
+        super().__init__(num_classes, backbone)
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"lam must lie in [0, 1], got {lam}")
+        if not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must lie in [0, 1], got {tau}")
+        if saliency not in SOURCES:
+            raise ValueError(f"unknown saliency source {saliency!r}; choose one of {SOURCES}")
+        self.tau, self.lam, self.saliency = tau, lam, saliency
+        # C object classes + the background, last (the authors' layout).
+        self.classifier = nn.Conv2d(backbone.out_channels, num_classes + 1, 1, bias=False)
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.classifier]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C + 1, h, w) dense classifier scores, background last."""
+        return self.classifier(self.backbone(images)[-1])
+
+    def localization_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C + 1, h, w) softmax over the C objects and the background at every location."""
+        return self.logits(images).softmax(dim=1)
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        logits = self.logits(batch["image"])
+        # GAP commutes with the 1x1 classifier: these are the image scores of the C objects.
+        cls = classification_loss(logits[:, :-1].mean(dim=(2, 3)), batch["label"])
+        probs = logits.float().softmax(dim=1)
+        sal, weight = to_map_size(batch["saliency"].float(), batch.get("valid"), probs.shape[-2:])
+        fg, bg, _ = select_maps(probs[:, :-1], sal, batch["label"], self.tau, weight)
+        sal_loss = saliency_loss(estimated_saliency(probs, fg, bg, self.lam), sal, weight)
+        present = (batch["label"] > 0.5).sum().clamp_min(1)
+        return {"loss": cls + sal_loss, "cls": cls.detach(), "sal": sal_loss.detach(),
+                "fg_selected": fg.sum().float() / present, "bg_selected": bg.sum().float() / present}
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        return self.localization_maps(images)[:, :-1]
+
+    def saliency_folder(self, experiment: Any) -> Path | None:
+        return saliency_folder(self.saliency, experiment.data_root, experiment.config.saliency_dir,
+                               experiment.run_dir.parent)
+
+
+@torch.no_grad()
+def explain(model: EPS, image: torch.Tensor, label: torch.Tensor, saliency: torch.Tensor,
+            tau: float | None = None, lam: float | None = None) -> dict[str, Any]:
+    """One image's EPS quantities at the image resolution, for display: `maps` (C + 1, H, W)
+    localization maps (background last), `ratio` and `foreground` (C,) of the map selection against
+    `saliency` (H, W) at the maps' resolution (as in training), and the `estimate` (H, W) of Eq. 1."""
+    tau = model.tau if tau is None else tau
+    lam = model.lam if lam is None else lam
+    probs = model.localization_maps(image[None])
+    sal, weight = to_map_size(saliency[None].to(probs), None, probs.shape[-2:])
+    fg, bg, ratio = select_maps(probs[:, :-1], sal, label[None].to(probs), tau, weight)
+    estimate = estimated_saliency(probs, fg, bg, lam)
+    size = image.shape[-2:]
+    up = lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+    return {"maps": up(probs)[0].cpu().numpy(), "estimate": up(estimate[:, None])[0, 0].cpu().numpy(),
+            "ratio": ratio[0].cpu().numpy(), "foreground": fg[0].cpu().numpy().astype(bool),
+            "background": bg[0].cpu().numpy().astype(bool),
+            "present": (label > 0.5).cpu().numpy().astype(bool)}
+
+
+def _destination(e: dict[str, Any], c: int) -> str:
+    return "foreground" if e["foreground"][c] else ("background" if e["background"][c] else "neither (empty map)")
+
+
+def selection_rows(model: EPS, dataset, indices: list[int], class_names: tuple[str, ...], device: torch.device,
+                   tau: float | None = None) -> list[dict[str, Any]]:
+    """One row per (image, present class): its overlap ratio with the given saliency and where map
+    selection sends it. `dataset` must carry saliency (`with_saliency=True`)."""
+    rows = []
+    for i in indices:
+        s = dataset[i]
+        e = explain(model, s["image"].to(device), s["label"], s["saliency"], tau)
+        for c in np.flatnonzero(e["present"]):
+            rows.append({"image": s["id"], "class": class_names[c], "overlap": float(e["ratio"][c]),
+                         "map goes to": _destination(e, c)})
+    return rows
+
+
+def non_default_options(**options: Any) -> dict[str, Any]:
+    """`options` without those equal to EPS's defaults: a sweep point at the defaults then has the main
+    run's config (hash) and reuses it."""
+    defaults = {k: p.default for k, p in inspect.signature(EPS.__init__).parameters.items()}
+    return {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+
+
+def saliency_dataset(experiment: Any, split: str) -> VOCDataset:
+    """`split` without augmentation, with masks and the saliency maps the method trains with."""
+    folder = experiment.method.saliency_folder(experiment) or experiment.config.saliency_dir
+    return VOCDataset(experiment.data_root, split, transform=eval_transform(), with_mask=True, with_saliency=True,
+                      saliency_dir=folder)
+
+
+def example_grid_rows(model: EPS, dataset: VOCDataset, picks: list[tuple[int, int]], device: torch.device,
+                      ) -> tuple[list[list[np.ndarray]], list[list[str]]]:
+    """Rows for `viz.image_grid`: image | given saliency | estimated saliency | each present class's map
+    (titled with its overlap ratio and selection) | background map | ground truth."""
+    from wsss import viz
+
+    rows, titles = [], []
+    for index, _ in picks:
+        s, raw = dataset[index], dataset.load(index)
+        e = explain(model, s["image"].to(device), s["label"], s["saliency"])
+        present = np.flatnonzero(e["present"])
+        rows.append([raw["image"], viz.heat(raw["saliency"], "gray"), viz.heat(e["estimate"], "gray"),
+                     *(viz.overlay(raw["image"], e["maps"][c]) for c in present),
+                     viz.overlay(raw["image"], e["maps"][-1]), viz.colorize(raw["mask"])])
+        titles.append([raw["id"], "given saliency", "estimated saliency",
+                       *(f"{dataset.class_names[c]}: O={e['ratio'][c]:.2f} -> {_destination(e, c).split()[0]}"
+                         for c in present), "background map", "ground truth"])
+    return rows, titles

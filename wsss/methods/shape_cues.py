@@ -1,0 +1,428 @@
+"""Shape cues (Kho, Lee et al., Pattern Recognition): single-stage WSSS with a shape cue module
+(SCM) and semantics-augmented pixel refinement (SPR).
+
+One network trained end to end on image labels; its decoder output is the final mask.
+
+- Network: DeepLabV3 encoder-decoder (ASPP on the last stage, output stride 16 on ResNets; the
+  `small` backbone keeps its own strides) with a small decoder at the first stage's resolution.
+  The decoder's K class scores get a constant background score of 1 (Sec. 3.1.1); normalized
+  global weighted pooling (Eq. 1) turns them into image scores for the classification loss over
+  the object classes (Eq. 2).
+- SCM (Eqs. 3-4): the self-information of every location of an encoder feature map is estimated
+  with a Gaussian kernel density over 9 random neighbour patches within Manhattan radius 7
+  (bandwidth 1, distances normalized by their mean, as Informative Dropout does); locations are
+  dropped with probability proportional to exp(-I / tau), tau = 0.5, and a conv turns the
+  surviving (shape-biased) features into shape cues concatenated into the decoder.
+- SPR (`wsss.refine.spr`): the decoder's probabilities over background + present classes are
+  refined with colour + class-score affinities (alpha = 0.8, T = 10, dilations 1..24) and cut into
+  pseudo masks (60% of each channel's maximum, floor 0.2, unsure and conflicting pixels ignored);
+  as in SSSS, a mask that misses a class of the image label is not used.
+- Losses from the pseudo masks: class-balanced pixel cross-entropy (Eq. 7) and the region loss
+  (Eq. 8: KL to agreeing neighbours, hinge with margin 3 to disagreeing ones, radius 3), weighted
+  by lambda = progress (annealed 0 -> 1).
+
+Ablation switches: `scm=False` removes the shape cue module; `spr=False` refines with colour
+alone (alpha = 1, PAMR), which is the paper's "conventional colour-based refinement" baseline.
+
+Adaptations to a from-scratch CPU backbone, both options: the backbone starts from the CAM
+baseline's classification network (`backbone_init="cam"`, as the paper's starts from an ImageNet
+classifier; SANCE does the same here), and the mask losses start after `mask_start` of training
+so that the randomly initialized decoder first learns from image labels.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wsss.inference import multiscale_maps
+from wsss.io import IGNORE_INDEX, save_label_png
+from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
+from wsss.methods.sance import at_size, cam_experiment
+from wsss.models.backbones import Backbone
+from wsss.refine.spr import DILATIONS, propagate, pseudo_mask, shifted_stack, spr, spr_affinity
+
+# The rows of the paper's Table 5: (name, scm, spr).
+ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
+    ("baseline", False, False), ("+SPR", False, True), ("+SCM", True, False), ("+SCM +SPR", True, True))
+
+
+# ---------------------------------------------------------------------------------- SCM
+
+
+def manhattan_offsets(radius: int) -> torch.Tensor:
+    """(n, 2) integer offsets (dy, dx) with 0 < |dy| + |dx| <= radius."""
+    r = torch.arange(-radius, radius + 1)
+    grid = torch.stack(torch.meshgrid(r, r, indexing="ij"), dim=-1).reshape(-1, 2)
+    dist = grid.abs().sum(dim=1)
+    return grid[(dist > 0) & (dist <= radius)]
+
+
+def self_information(features: torch.Tensor, offsets: torch.Tensor, bandwidth: float = 1.0,
+                     patch: int = 3) -> torch.Tensor:
+    """Eq. 3: -log of the Gaussian kernel density of each patch among its neighbour patches.
+
+    features (B, C, h, w), offsets (n, 2) of the neighbours -> (B, h, w). The squared distance of
+    two `patch` x `patch` patches is divided by its mean over the image (Informative Dropout's
+    normalization), so the bandwidth is relative to the image's typical patch difference."""
+    if patch % 2 != 1:
+        raise ValueError(f"patch size must be odd, got {patch}")
+    x = features.detach().float()
+    h, w = x.shape[-2:]
+    r = int(offsets.abs().max())
+    padded = F.pad(x, [r] * 4, mode="replicate")
+    dists = torch.stack([(x - padded[:, :, r + dy:r + dy + h, r + dx:r + dx + w]).pow(2).sum(dim=1)
+                         for dy, dx in offsets.tolist()], dim=1)  # (B, n, h, w); loop over offsets only
+    dists = F.avg_pool2d(dists, patch, stride=1, padding=patch // 2, count_include_pad=False)
+    dists = dists / dists.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    density = torch.exp(-dists / (2 * bandwidth ** 2)).mean(dim=1) / (math.sqrt(2 * math.pi) * bandwidth)
+    return -torch.log(density.clamp_min(1e-30))
+
+
+def drop_probability(info: torch.Tensor, tau: float = 0.5) -> torch.Tensor:
+    """Eq. 4: r proportional to exp(-I / tau), normalized to sum to 1 over each image. (B, h, w)."""
+    b, h, w = info.shape
+    return (-info / tau).flatten(1).softmax(dim=1).view(b, h, w)
+
+
+class ShapeCueModule(nn.Module):
+    """Self-information dropout of a feature map, then a conv: texture-dropped, shape-biased features.
+
+    Training drops `drop_rate * h * w` locations drawn with replacement from the drop distribution
+    (Informative Dropout's sampling; its default rate 1.5, which the paper does not restate), with
+    fresh neighbour offsets each call. Evaluation is deterministic: the density uses every offset
+    of the Manhattan ball (the expectation over the random choice) and the features are multiplied
+    by each location's probability of surviving the draws, as dropout does at test time."""
+
+    def __init__(self, in_channels: int, out_channels: int, radius: int = 7, samples: int = 9,
+                 bandwidth: float = 1.0, tau: float = 0.5, drop_rate: float = 1.5, patch: int = 3) -> None:
+        super().__init__()
+        if tau <= 0 or bandwidth <= 0 or drop_rate < 0:
+            raise ValueError(f"need tau > 0, bandwidth > 0, drop_rate >= 0; got {tau}, {bandwidth}, {drop_rate}")
+        self.offsets: torch.Tensor
+        self.register_buffer("offsets", manhattan_offsets(radius), persistent=False)
+        if not 0 < samples <= len(self.offsets):
+            raise ValueError(f"samples must lie in 1..{len(self.offsets)} for radius {radius}, got {samples}")
+        self.samples, self.bandwidth, self.tau, self.drop_rate, self.patch = samples, bandwidth, tau, drop_rate, patch
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                                  nn.GroupNorm(min(8, out_channels), out_channels), nn.ReLU(inplace=True))
+
+    def information(self, features: torch.Tensor) -> torch.Tensor:
+        offsets = self.offsets
+        if self.training:
+            offsets = offsets[torch.randperm(len(offsets), device=offsets.device)[:self.samples]]
+        return self_information(features, offsets, self.bandwidth, self.patch)
+
+    def keep_mask(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w): 0/1 in training, the survival probability (1 - r)^n in evaluation."""
+        prob = drop_probability(self.information(features), self.tau)
+        b, h, w = prob.shape
+        draws = int(round(self.drop_rate * h * w))
+        if not self.training:
+            return ((1 - prob) ** draws)[:, None]
+        keep = prob.new_ones(b, h * w)
+        if draws:
+            keep.scatter_(1, torch.multinomial(prob.flatten(1), draws, replacement=True), 0.0)
+        return keep.view(b, 1, h, w)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv(features * self.keep_mask(features).to(features.dtype))
+
+
+# ---------------------------------------------------------------------------------- network
+
+
+def _conv(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                         nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True))
+
+
+class DeepLabV3ASPP(nn.Module):
+    """DeepLabV3's ASPP: 1x1 conv, dilated 3x3 convs, image pooling; concatenated and projected."""
+
+    def __init__(self, in_channels: int, channels: int, rates: Sequence[int]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([_conv(in_channels, channels)] +
+                                      [_conv(in_channels, channels, 3, r) for r in rates])
+        self.pool = _conv(in_channels, channels)
+        self.project = _conv(channels * (len(rates) + 2), channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+def ngwp(scores: torch.Tensor, probs: torch.Tensor, valid: torch.Tensor | None = None,
+         eps: float = 1.0) -> torch.Tensor:
+    """Eq. 1, normalized global weighted pooling: v^c = sum_i m_i^c s_i^c / (eps + sum_i m_i^c),
+    (B, C, h, w) -> (B, C); `valid` (B, h, w) leaves crop padding out."""
+    if valid is not None:
+        probs = probs * valid[:, None].to(probs.dtype)
+    return (probs * scores).sum(dim=(2, 3)) / (eps + probs.sum(dim=(2, 3)))
+
+
+# ---------------------------------------------------------------------------------- losses
+
+
+def complete_masks(labels: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """(B,) True where the pseudo mask (B, h, w) has pixels of the background and of every class
+    of the image label (B, K). As in SSSS, whose pipeline the paper follows, only such masks
+    supervise: a mask that lost a present class teaches the decoder to erase it, and on a decoder
+    trained from scratch that feeds back into an all-background collapse."""
+    k = label.shape[1]
+    hits = F.one_hot(labels.masked_fill(labels == IGNORE_INDEX, k + 1).flatten(1), k + 2).amax(dim=1)[:, :k + 1]
+    present = torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
+    return ((hits > 0) | ~present).all(dim=1)
+
+
+def balanced_pixel_loss(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 normalized per class: cross-entropy averaged over the pixels of each (image, pseudo
+    class), then over those pairs, so small objects weigh as much as the background."""
+    b, c = log_probs.shape[:2]
+    valid = labels != IGNORE_INDEX
+    target = labels.masked_fill(~valid, 0)
+    ce = -log_probs.gather(1, target[:, None])[:, 0] * valid
+    bins = labels.masked_fill(~valid, c).flatten(1)  # ignored pixels go to a spare bin
+    sums = ce.new_zeros(b, c + 1).scatter_add_(1, bins, ce.flatten(1))[:, :c]
+    counts = ce.new_zeros(b, c + 1).scatter_add_(1, bins, valid.flatten(1).to(ce.dtype))[:, :c]
+    present = counts > 0
+    if not present.any():
+        return log_probs.sum() * 0.0
+    return (sums[present] / counts[present]).mean()
+
+
+def region_loss(log_probs: torch.Tensor, labels: torch.Tensor, radius: int = 3, margin: float = 3.0) -> torch.Tensor:
+    """Eq. 8 (minimized with a positive sign; the printed minus contradicts its stated aim).
+
+    For each labelled pixel i and each labelled neighbour j in its (2r+1)^2 window: KL(m_j || m_i)
+    when their pseudo labels agree, max(0, margin - KL(m_j || m_i)) when they differ; averaged over
+    the neighbours of i, then over the labelled pixels i."""
+    b, c, h, w = log_probs.shape
+    k = 2 * radius + 1
+    nb_log = shifted_stack(F.pad(log_probs, [radius] * 4, mode="replicate"), k, 1, (h, w))
+    nb_lab = shifted_stack(F.pad(labels[:, None].float(), [radius] * 4, value=IGNORE_INDEX), k, 1, (h, w))[:, 0]
+    kl = (nb_log.exp() * (nb_log - log_probs[:, :, None])).sum(dim=1)  # (B, k*k, h, w)
+    centre = labels[:, None].float()
+    pairs = (nb_lab != IGNORE_INDEX) & (centre != IGNORE_INDEX)
+    pairs[:, k * k // 2] = False
+    loss = torch.where(nb_lab == centre, kl, F.relu(margin - kl))
+    counts = pairs.sum(dim=1)
+    per_pixel = (loss * pairs).sum(dim=1) / counts.clamp_min(1)
+    used = counts > 0
+    if not used.any():
+        return log_probs.sum() * 0.0
+    return per_pixel[used].mean()
+
+
+# ---------------------------------------------------------------------------------- method
+
+
+@register_method
+class ShapeCues(WSSSMethod):
+    """Options: `scm`, `spr` (ablation switches), SCM hyper-parameters (`scm_radius`, `scm_samples`,
+    `scm_bandwidth`, `scm_tau`, `scm_drop_rate`, `scm_stage`), SPR ones (`alpha`, `spr_dilations`,
+    `spr_iterations`, `cutoff`, `floor`), region loss (`region_radius`, `margin`), network widths
+    (`width`, None = from the backbone), `aspp_rates` (None = DeepLabV3's (6, 12, 18) at output
+    stride 16, (2, 4, 6) on the small backbone's 12-cell maps), `mask_start` and `backbone_init`."""
+
+    name = "shape_cues"
+
+    def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
+                 alpha: float = 0.8, spr_dilations: Sequence[int] = DILATIONS, spr_iterations: int = 10,
+                 cutoff: float = 0.6, floor: float = 0.2, region_radius: int = 3, margin: float = 3.0,
+                 scm_radius: int = 7, scm_samples: int = 9, scm_bandwidth: float = 1.0, scm_tau: float = 0.5,
+                 scm_drop_rate: float = 1.5, scm_stage: int = 0, width: int | None = None,
+                 aspp_rates: Sequence[int] | None = None, mask_start: float = 0.25,
+                 backbone_init: str | None = "cam") -> None:
+        super().__init__(num_classes, backbone)
+        if backbone_init not in (None, "cam"):
+            raise ValueError(f"backbone_init must be None or 'cam', got {backbone_init!r}")
+        if not 0.0 <= mask_start <= 1.0:
+            raise ValueError(f"mask_start must lie in [0, 1], got {mask_start}")
+        self.alpha = alpha if spr else 1.0  # without SPR: the colour-only refinement (PAMR)
+        self.spr_dilations, self.spr_iterations = tuple(spr_dilations), spr_iterations
+        self.cutoff, self.floor = cutoff, floor
+        self.region_radius, self.margin = region_radius, margin
+        self.scm_stage, self.mask_start, self.backbone_init = scm_stage, mask_start, backbone_init
+        width = width or min(256, backbone.out_channels // 2)
+        rates = tuple(aspp_rates) if aspp_rates else ((6, 12, 18) if backbone.output_stride >= 16 else (2, 4, 6))
+        self.aspp = DeepLabV3ASPP(backbone.out_channels, width, rates)
+        self.low = _conv(backbone.channels[0], width // 2)
+        self.scm = (ShapeCueModule(backbone.channels[scm_stage], width // 2, scm_radius, scm_samples,
+                                   scm_bandwidth, scm_tau, scm_drop_rate) if scm else None)
+        # Four decoder layers: low-level projection, two 3x3 convs, classifier.
+        fused = width + width // 2 + (width // 2 if scm else 0)
+        self.decoder = nn.Sequential(_conv(fused, width, 3), _conv(width, width, 3))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.initialized: torch.Tensor
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def new_modules(self) -> list[nn.Module]:
+        return [m for m in (self.aspp, self.low, self.scm, self.decoder, self.classifier) if m is not None]
+
+    # ------------------------------------------------------------------ backbone from the CAM run
+
+    def training_masks(self, experiment: Any, split: str) -> dict[str, Path]:
+        """No extra masks; with `backbone_init="cam"` the backbone starts from the CAM baseline's."""
+        if self.backbone_init == "cam" and not bool(self.initialized):
+            self.backbone.load_state_dict(cam_experiment(experiment).trained_method().backbone.state_dict())
+            self.initialized.fill_(True)
+        return {}
+
+    # ------------------------------------------------------------------ network
+
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + K, h, w) at the first stage's resolution: constant background 1, class scores."""
+        feats = self.backbone(images)
+        low = feats[0]
+        size = low.shape[-2:]
+        parts = [F.interpolate(self.aspp(feats[-1]), size=size, mode="bilinear", align_corners=False), self.low(low)]
+        if self.scm is not None:
+            cues = self.scm(feats[self.scm_stage])
+            parts.append(cues if cues.shape[-2:] == size else
+                         F.interpolate(cues, size=size, mode="bilinear", align_corners=False))
+        logits = self.classifier(self.decoder(torch.cat(parts, dim=1)))
+        return torch.cat([torch.ones_like(logits[:, :1]), logits], dim=1)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax over background + K classes, (B, 1 + K, h, w)."""
+        return self.scores(images).float().softmax(dim=1)
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """The decoder's foreground probabilities."""
+        return self.probabilities(images)[:, 1:]
+
+    # ------------------------------------------------------------------ training
+
+    @torch.no_grad()
+    def online_pseudo_masks(self, images: torch.Tensor, probs: torch.Tensor, label: torch.Tensor,
+                            valid: torch.Tensor | None = None) -> torch.Tensor:
+        """SPR of background + present classes, then thresholded: (B, h, w) with IGNORE_INDEX.
+
+        Only the present channels are refined (absent ones are zero and stay zero): they are
+        gathered into the first n = max present count channels, which cuts SPR's cost ~K/n-fold."""
+        present = torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
+        n = int(present.sum(dim=1).max())
+        channels = present.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n)
+        kept = present.gather(1, channels)[..., None, None]
+        compact = probs.float().gather(1, channels[..., None, None].expand(-1, -1, *probs.shape[-2:])) * kept
+        small = F.adaptive_avg_pool2d(images.float(), probs.shape[-2:])
+        refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations)
+        labels = pseudo_mask(refined, valid, self.cutoff, self.floor)
+        ignored = labels == IGNORE_INDEX
+        return channels.gather(1, labels.masked_fill(ignored, 0).flatten(1)).view_as(labels).masked_fill(ignored,
+                                                                                                          IGNORE_INDEX)
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        scores = self.scores(batch["image"]).float()
+        log_probs = scores.log_softmax(dim=1)
+        probs = log_probs.exp()
+        valid = at_size(batch["valid"], scores.shape[-2:]) if "valid" in batch else None
+        losses = {"cls": classification_loss(ngwp(scores, probs, valid)[:, 1:], batch["label"])}
+        complete = log_probs.new_zeros(())
+        if progress >= self.mask_start:
+            labels = self.online_pseudo_masks(batch["image"], probs.detach(), batch["label"], valid)
+            whole = complete_masks(labels, batch["label"])
+            labels = labels.masked_fill(~whole[:, None, None], IGNORE_INDEX)
+            complete = whole.float().mean()
+            losses["pixel"] = balanced_pixel_loss(log_probs, labels)
+            losses["region"] = progress * region_loss(log_probs, labels, self.region_radius, self.margin)
+        else:  # logged as 0 so that the training log has their columns from the first step
+            losses["pixel"] = losses["region"] = log_probs.new_zeros(())
+        total = sum(losses.values())
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}, "complete": complete}
+
+    # ------------------------------------------------------------------ final masks
+
+    def pseudo_labels(self, experiment: Any, split: str) -> Path:
+        """The decoder's argmax over background + present classes (multi-scale + flip as the
+        experiment's class-map inference), as label PNGs in `<run>/decoder_masks/<split>`."""
+        out = experiment.run_dir / "decoder_masks" / split
+        if (out / "_done").is_file():
+            return out
+        model, ds = experiment.trained_method(), experiment.dataset(split)
+        c = experiment.config
+        out.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(ds), 16):
+            samples = [ds[i] for i in range(start, min(start + 16, len(ds)))]
+            by_size: dict[tuple[int, ...], list[dict]] = {}
+            for s in samples:
+                by_size.setdefault(tuple(s["image"].shape), []).append(s)
+            for group in by_size.values():
+                images = torch.stack([s["image"] for s in group]).to(experiment.device)
+                labels = torch.stack([s["label"] for s in group]).to(experiment.device)
+                for s, mask in zip(group, decoder_masks(model, images, labels, c.scales, c.flip)):
+                    save_label_png(out / f"{s['id']}.png", mask)
+        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return out
+
+
+@torch.no_grad()
+def decoder_masks(model: ShapeCues, images: torch.Tensor, labels: torch.Tensor,
+                  scales: Sequence[float] = (1.0,), flip: bool = False) -> np.ndarray:
+    """(B, H, W) uint8 label maps: argmax of the (scale- and flip-summed) decoder probabilities,
+    absent classes excluded; 0 = background, k + 1 = class k."""
+    probs = multiscale_maps(model.probabilities, images, scales, flip)
+    present = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1)[..., None, None] > 0.5
+    return probs.masked_fill(~present, -1.0).argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------- analysis
+
+
+@torch.no_grad()
+def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
+    """What the method does on one (3, H, W) image, at the decoder's resolution (numpy arrays):
+    `information` (SCM self-information, all offsets), `drop_prob`, `keep` (survival probability),
+    `sampled_keep` (one training draw), `probs` (1 + K, h, w) decoder probabilities, and label maps
+    (0 = background, k + 1 = class k) over background + present classes: `spr_steps` (T + 1, the
+    argmax after each SPR iteration), `pseudo` (the online pseudo mask, 255 = ignored) and
+    `prediction` (the decoder's argmax)."""
+    x = image[None]
+    out: dict[str, Any] = {}
+    if model.scm is not None:
+        feats = model.backbone(x)[model.scm_stage]
+        info = self_information(feats, model.scm.offsets, model.scm.bandwidth, model.scm.patch)
+        out["information"] = info[0].cpu().numpy()
+        out["drop_prob"] = drop_probability(info, model.scm.tau)[0].cpu().numpy()
+        out["keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
+        model.scm.train()
+        out["sampled_keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
+        model.scm.eval()
+    probs = model.probabilities(x)
+    present = torch.cat([label.new_ones(1), label]).to(probs)[None, :, None, None]
+    small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
+    fg = probs * present
+    steps = propagate(fg, spr_affinity(small, fg, model.alpha, model.spr_dilations), model.spr_dilations,
+                      model.spr_iterations)
+    out["probs"] = probs[0].cpu().numpy()
+    out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
+    out["pseudo"] = pseudo_mask(steps[-1], None, model.cutoff, model.floor)[0].cpu().numpy()
+    out["prediction"] = fg.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def spr_seconds_per_batch(model: ShapeCues, dataset, batch_size: int = 16, repeats: int = 3,
+                          device: str | torch.device = "cpu") -> float:
+    """Wall time of one online SPR + pseudo-mask step on a batch of `dataset` (best of `repeats`)."""
+    samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    images = torch.stack([s["image"] for s in samples]).to(device)
+    labels = torch.stack([s["label"] for s in samples]).to(device)
+    probs = model.probabilities(images)
+    times = []
+    for _ in range(repeats):
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.online_pseudo_masks(images, probs, labels)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)

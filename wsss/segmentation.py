@@ -1,0 +1,290 @@
+"""The final stage every WSSS paper ends with: a segmentation network trained on pseudo masks.
+
+A folder of label PNGs (`<id>.png`, 0 = background, k + 1 = class k, 255 = ignored) is all the
+stage needs, so it serves every method (its `final_pseudo_masks`) and, fed the ground-truth
+masks, gives the fully supervised upper bound the papers' weak/full ratio divides by.
+
+Models: torchvision's DeepLabV3-ResNet50 for VOC-scale work (backbone weights from a local file
+or "imagenet"; never a download unless asked), and `small_aspp` (our `small` backbone + a
+DeepLabV3 ASPP head) for SynthVOC on a CPU. Training goes through the shared loop
+(`wsss.train.train`), masks through the dataset's `extra_masks` (augmented with the image).
+Inference: multi-scale + flip softmax averaging, optional dense CRF. Like the Experiment stages,
+each step caches on disk in a run directory keyed by the hash of (mask source + settings).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.segmentation.deeplabv3 import ASPP
+from tqdm.auto import tqdm
+
+from wsss.data.transforms import eval_transform, train_transform
+from wsss.data.voc import VOCDataset
+from wsss.evaluation import evaluate_label_dir
+from wsss.experiment import TRAIN_PRESETS, Experiment, code_version
+from wsss.inference import multiscale_maps
+from wsss.io import IGNORE_INDEX, save_label_png, write_json
+from wsss.methods.base import Batch, WSSSMethod
+from wsss.models.backbones import build_backbone, load_pretrained
+from wsss.paths import runs_dir
+from wsss.refine.crf import CRFParams, dense_crf
+from wsss.train import TrainConfig, TrainResult, load_model, train
+
+MODELS = ("small_aspp", "deeplabv3_resnet50")
+MASK = "target"  # the training labels arrive as batch["target_mask"]
+GROUND_TRUTH = "ground_truth"
+
+# Final-stage recipes. SynthVOC's: the CAM recipe (the from-scratch net needs as many steps: after
+# 93 steps at quick it still predicts the background prior); VOC's: the DeepLab schedule
+# IRNet/EPS use (SGD, lr 0.01 (10x head), poly).
+SEG_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(TRAIN_PRESETS["tiny"]),
+    "quick": dict(TRAIN_PRESETS["quick"]),
+    "full": dict(TRAIN_PRESETS["full"]),
+    "voc": dict(epochs=30, batch_size=16, lr=0.01, optimizer="sgd", weight_decay=1e-4, ckpt_every=500),
+}
+
+
+class SegmentationNet(WSSSMethod):
+    """A segmentation network as a `WSSSMethod`, so the shared training loop trains it.
+
+    Not registered as a WSSS method: it learns from masks, not image labels. `forward` is the
+    pixel-wise cross-entropy against `batch["target_mask"]` (255 ignored); `logits` gives
+    (B, K + 1, H, W) scores at the input size.
+    """
+
+    name = "segmentation"
+
+    def __init__(self, num_classes: int, model: str = "small_aspp", pretrained: str | os.PathLike | None = None,
+                 atrous_rates: tuple[int, ...] | None = None) -> None:
+        if model == "small_aspp":
+            backbone = build_backbone("small")
+            rates = atrous_rates or (2, 4, 6)  # 12x12 features at 96 px: VOC's (12, 24, 36) would see padding
+            head: nn.Module = _aspp_head(backbone.out_channels, num_classes + 1, rates, width=128)
+        elif model == "deeplabv3_resnet50":
+            net = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
+                                                                     num_classes=num_classes + 1, aux_loss=False)
+            if pretrained is not None:
+                load_pretrained(net.backbone, "resnet50", pretrained)
+            backbone, head = net.backbone, net.classifier
+        else:
+            raise ValueError(f"unknown segmentation model {model!r}; available: {MODELS}")
+        if model == "small_aspp" and pretrained is not None:
+            raise ValueError("small_aspp trains from scratch; use pretrained=None")
+        super().__init__(num_classes, backbone)
+        self.model = model
+        self.head = head
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(images)
+        feats = feats[-1] if isinstance(feats, list) else feats["out"]  # ours: stage list; torchvision's: dict
+        return F.interpolate(self.head(feats), size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        target = batch.get(f"{MASK}_mask")
+        if target is None:
+            raise KeyError(f"batch has no '{MASK}_mask': build the dataset with extra_masks={{'{MASK}': folder}}")
+        loss = F.cross_entropy(self.logits(batch["image"]).float(), target, ignore_index=IGNORE_INDEX)
+        return {"loss": loss, "ce": loss.detach()}
+
+    def class_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities of background + classes (what multi-scale inference averages)."""
+        return self.logits(images).float().softmax(dim=1)
+
+
+def _aspp_head(in_channels: int, out_classes: int, rates: tuple[int, ...], width: int) -> nn.Sequential:
+    """torchvision's DeepLabHead with a chosen width (its own is fixed at 256 channels)."""
+    return nn.Sequential(ASPP(in_channels, list(rates), width), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Conv2d(width, out_classes, 1))
+
+
+@dataclass
+class SegConfig:
+    """Settings of the final stage; everything here (plus the mask source) keys its run dir."""
+
+    model: str = "small_aspp"
+    pretrained: str | None = None  # deeplabv3_resnet50: a ResNet-50 state-dict file or "imagenet"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    crop_size: int | None = None  # None: the experiment's crop size
+    scale_range: tuple[float, float] = (0.7, 1.3)
+    scales: tuple[float, ...] = (1.0, 0.75, 1.25)  # inference scales (softmax averaged), with flips
+    flip: bool = True
+    crf: CRFParams = field(default_factory=CRFParams)
+
+    @classmethod
+    def for_preset(cls, preset: str = "quick", voc: bool = False, **overrides: Any) -> "SegConfig":
+        """The preset's recipe (DeepLabV3-ResNet50 with VOC's when `voc`); None overrides are ignored,
+        keys of TrainConfig may be given at top level."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        train_keys = {f.name for f in fields(TrainConfig)}
+        train_over = {k: overrides.pop(k) for k in list(overrides) if k in train_keys}
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown final-stage settings {sorted(unknown)}")
+        if voc:
+            overrides.setdefault("model", "deeplabv3_resnet50")
+        recipe = SEG_PRESETS["voc" if voc else preset]
+        return cls(train=TrainConfig(**{**recipe, **train_over}), **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = json.loads(json.dumps(asdict(self), default=str))
+        for k in ("progress", "num_workers", "ckpt_every", "log_every"):
+            d["train"].pop(k)
+        return d
+
+
+class FinalStage:
+    """Train / predict / evaluate a segmentation network on one folder of training masks.
+
+    Build it with `FinalStage.from_experiment(exp)` (the method's final pseudo masks of its train
+    split) or `FinalStage.ground_truth(exp)` (the upper bound on the same images and recipe).
+    """
+
+    def __init__(self, experiment: Experiment, masks: str | os.PathLike, source: dict[str, Any],
+                 config: SegConfig | None = None, progress: bool = True) -> None:
+        self.experiment = experiment
+        self.masks = Path(masks)
+        if not self.masks.is_dir():
+            raise FileNotFoundError(f"training masks {self.masks} do not exist")
+        self.source = source
+        self.config = config or SegConfig.for_preset(experiment.config.preset,
+                                                     voc=not (experiment.data_root / "meta.json").is_file())
+        self.progress = progress
+        tag = "gt" if source.get("kind") == GROUND_TRUTH else experiment.config.method
+        self.run_dir = Path(experiment.config.run_root or runs_dir()) / f"final-{tag}-{self.config.model}-{self.config_hash()}"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "config.json", self._config_record())
+        self._net: SegmentationNet | None = None
+
+    @classmethod
+    def from_experiment(cls, experiment: Experiment, config: SegConfig | None = None,
+                        masks: str | os.PathLike | None = None, progress: bool = True) -> "FinalStage":
+        """Train on `masks` (default: the method's `final_pseudo_masks` of its train split)."""
+        masks = Path(masks) if masks else experiment.final_pseudo_masks(experiment.config.train_split)
+        try:
+            rel = str(masks.resolve().relative_to(experiment.run_dir.resolve()))
+        except ValueError:
+            rel = str(masks)
+        source = {"kind": "pseudo", "method": experiment.config.method, "run": experiment.run_dir.name,
+                  "run_config_hash": experiment.config.config_hash(), "masks": rel}
+        return cls(experiment, masks, source, config, progress)
+
+    @classmethod
+    def ground_truth(cls, experiment: Experiment, config: SegConfig | None = None,
+                     progress: bool = True) -> "FinalStage":
+        """The fully supervised upper bound: the dataset's own masks (SegmentationClass)."""
+        layout = experiment.dataset(experiment.config.train_split).layout
+        source = {"kind": GROUND_TRUTH, "data": str(experiment.data_root), "masks": str(layout.mask_dir)}
+        return cls(experiment, layout.mask_dir, source, config, progress)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def config_hash(self) -> str:
+        key = {"source": {k: v for k, v in self.source.items() if k != "run"}, "seg": self.config.to_dict(),
+               "data": str(self.experiment.data_root), "train_split": self.experiment.config.train_split}
+        return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+
+    def _config_record(self) -> dict[str, Any]:
+        return {"source": self.source, "seg": self.config.to_dict(), "data": str(self.experiment.data_root),
+                "train_split": self.experiment.config.train_split, "config_hash": self.config_hash()}
+
+    @property
+    def variant(self) -> str:
+        return "GT upper bound" if self.source["kind"] == GROUND_TRUTH else f"{self.experiment.config.method} pseudo"
+
+    def provenance(self, split: str, crf: bool) -> dict[str, Any]:
+        """The experiment's provenance with the final stage's own network, scales, config hash and file;
+        `pseudo_*` keys say which pseudo masks (run, threshold) it learned from."""
+        exp = self.experiment
+        pseudo_thr = threshold_of_masks(self.masks) if self.source["kind"] != GROUND_TRUTH else None
+        return {**exp.provenance(split, pseudo_thr, crf), "scales": list(self.config.scales), "flip": self.config.flip,
+                "seed": self.config.train.seed, "config_hash": self.config_hash(),
+                "config_file": str(self.run_dir / "config.json"), "code_version": code_version(),
+                "backbone": self.config.model, "pseudo_source": self.source.get("masks"),
+                "pseudo_run_config": self.source.get("run_config_hash", "")}
+
+    # ------------------------------------------------------------------ stages
+
+    def crop_size(self) -> int:
+        return self.config.crop_size or self.experiment.crop_size()
+
+    def dataset(self) -> VOCDataset:
+        exp = self.experiment
+        return VOCDataset(exp.data_root, exp.config.train_split,
+                          transform=train_transform(self.crop_size(), self.config.scale_range), with_mask=False,
+                          extra_masks={MASK: self.masks}, seed=self.config.train.seed, cache=True)
+
+    @property
+    def net(self) -> SegmentationNet:
+        if self._net is None:
+            torch.manual_seed(self.config.train.seed)
+            self._net = SegmentationNet(len(self.experiment.class_names), self.config.model, self.config.pretrained)
+        return self._net
+
+    def train(self, resume: bool = True) -> TrainResult:
+        cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
+        return train(self.net, self.dataset(), cfg, self.run_dir, resume=resume)
+
+    def trained_net(self) -> SegmentationNet:
+        if not (self.run_dir / "model.pt").is_file():
+            self.train()
+        return load_model(self.net, self.run_dir).to(self.experiment.device).eval()
+
+    def predict(self, split: str | None = None, crf: bool = False) -> Path:
+        """Label PNGs of `split` (multi-scale + flip softmax average, optional dense CRF), cached."""
+        split = split or self.experiment.config.eval_split
+        out = self.run_dir / "predictions" / f"{split}{'_crf' if crf else ''}"
+        if (out / "_done").is_file():
+            return out
+        net, ds, device = self.trained_net(), self.experiment.dataset(split), self.experiment.device
+        out.mkdir(parents=True, exist_ok=True)
+        for i in tqdm(range(len(ds)), desc=f"segment {split}", disable=not self.progress, dynamic_ncols=True):
+            sample = ds[i]
+            if (out / f"{sample['id']}.png").is_file():
+                continue
+            probs = multiscale_maps(net.class_maps, sample["image"][None].to(device), self.config.scales,
+                                    self.config.flip)[0]
+            probs = (probs / probs.sum(dim=0, keepdim=True)).cpu().numpy()
+            if crf:
+                probs = dense_crf(sample["image_uint8"].numpy(), probs, self.config.crf)
+            save_label_png(out / f"{sample['id']}.png", probs.argmax(axis=0).astype(np.uint8))
+        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return out
+
+    def evaluate(self, split: str | None = None, crf: bool = False) -> dict[str, Any]:
+        """Scores of the predictions of `split` with provenance (cached as JSON in the run dir)."""
+        split = split or self.experiment.config.eval_split
+        path = self.run_dir / f"eval_{split}{'_crf' if crf else ''}.json"
+        if path.is_file():
+            scores = json.loads(path.read_text())
+        else:
+            scores = evaluate_label_dir(self.predict(split, crf), self.experiment.dataset(split), progress=self.progress)
+            write_json(path, scores)
+            scores = json.loads(path.read_text())
+        summary = self.run_dir / "train_summary.json"
+        train_s = json.loads(summary.read_text())["seconds"] if summary.is_file() else None
+        return {**scores, **self.provenance(split, crf), "train_s": train_s}
+
+
+def threshold_of_masks(masks: str | os.PathLike) -> float | None:
+    """The background threshold in a shared pseudo-mask folder name (`train_thr0.30[_crf]`), else None."""
+    name = Path(masks).name
+    part = name.split("_thr")[-1].split("_")[0] if "_thr" in name else ""
+    try:
+        return float(part)
+    except ValueError:
+        return None
