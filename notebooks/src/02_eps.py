@@ -34,7 +34,7 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012); None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
 saliency_dir = None  # your saliency maps (<id>.png) for real data
 saliency = "dataset"  # dataset, folder, spectral_residual or fine_grained
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
@@ -48,7 +48,7 @@ n_examples = 6
 sweeps = True  # the tau and lambda sweeps (the paper's supplementary ablations)
 taus = [0.2, 0.4, 0.6]
 lambdas = [0.0, 0.5, 1.0]
-ablation_epochs = 1  # schedule of every sweep row, CAM included; None = that of the main runs
+ablation_epochs = 1  # schedule of every sweep row, CAM included, None = that of the main runs
 
 # %%
 from IPython.display import Markdown, display
@@ -172,7 +172,7 @@ viz.save_figure(viz.cam_example_grid(exp.dataset(exp.config.eval_split), exp.cla
 # ## Sweeps of tau and lambda (the paper's supplementary ablations)
 #
 # Every row of this table, the CAM row included, is trained with the same schedule
-# (`ablation_epochs` epochs; None = the main runs' schedule, whose rows are then the runs above).
+# (`ablation_epochs` epochs, None = the main runs' schedule, whose rows are then the runs above).
 # tau: the overlap a map needs to join the foreground (tau = 0 puts every map with one salient
 # pixel in the foreground, close to the paper's naive strategy); lambda: weight of the foreground
 # map against the inverted background map (0: background map only, 1: foreground maps only).

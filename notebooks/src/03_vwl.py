@@ -24,7 +24,7 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012); None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
 epochs = None  # None = the preset's recipe
@@ -35,7 +35,7 @@ num_words = 256  # codebook size k
 gamma = 2.0  # weight of GAP in HSPP
 crf = True  # also report CAM + dense CRF
 ablations = True  # train the Table 1 rows (+VWE alone, +HSPP alone)
-ablation_epochs = 2  # schedule of all four ablation rows; None = the main runs' schedule (reuses them)
+ablation_epochs = 2  # schedule of all four ablation rows, None = the main runs' schedule (reuses them)
 n_examples = 6
 n_word_examples = 6
 

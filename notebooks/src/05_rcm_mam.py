@@ -35,7 +35,7 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012); None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
 epochs = None  # None = the preset's recipe
@@ -44,7 +44,7 @@ lr = None
 seed = 0
 crf = True  # also report CAM + dense CRF
 ablations = True  # train the Table 1-2 rows (RCM alone, MAM alone) and a baseline at their schedule
-ablation_epochs = 1  # schedule of all four ablation rows; None = the schedule of the main runs
+ablation_epochs = 1  # schedule of all four ablation rows, None = the schedule of the main runs
 n_examples = 6
 
 # %%

@@ -33,7 +33,7 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012); None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
 epochs = None  # None = the preset recipe
@@ -42,7 +42,7 @@ lr = None
 seed = 0
 crf = True  # also report the CAM baseline + dense CRF
 ablations = True  # train the Table 5 rows (baseline, +SPR, +SCM, both)
-ablation_epochs = 1  # schedule of all four ablation rows; None = the main run schedule
+ablation_epochs = 1  # schedule of all four ablation rows, None = the main run schedule
 n_examples = 4
 
 # %%

@@ -6,6 +6,7 @@ reviewable; run `python notebooks/src/build.py` after editing a source.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -30,6 +31,8 @@ def build(src: Path, dst: Path) -> None:
             cell = nbformat.v4.new_code_cell(text)
         if tags:
             cell.metadata["tags"] = tags
+        # Ids from position and content, so rebuilding an unchanged source gives an identical file.
+        cell.id = hashlib.sha1(f"{len(cells)}:{text}".encode()).hexdigest()[:8]
         cells.append(cell)
 
     for line in src.read_text().splitlines():

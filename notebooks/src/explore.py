@@ -10,8 +10,8 @@
 # %% tags=["parameters"]
 preset = "quick"  # used only when no run has class maps yet: the CAM baseline of this preset
 split = "val"
-run = None  # a run folder name to start on; None = the first
-image = None  # an image id to start on; None = the first
+run = None  # a run folder name to start on, None = the first
+image = None  # an image id to start on, None = the first
 bg_threshold = None  # None = the run's best threshold
 
 # %%
