@@ -106,3 +106,39 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "IoU; ctx FP: share of context pixels (rail, water) labelled as their co-occurring class; part rec: "
             "recall of the part-defined classes. Every row's full provenance is in metrics.csv.\n")
     return "\n".join(lines) + "\n" + note
+
+
+def speed_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per training run ({name: TrainResult}): steps, seconds, images/s."""
+    return [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
+            for name, r in results.items()]
+
+
+def versus_rows(runs: dict[str, Any], results: dict[str, Any] | None = None, crf: bool = False,
+                part_classes: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Rows ("cam" stage, best threshold of each run's sweep) of experiments compared in one table,
+    `runs` = {variant: Experiment}, plus their scores; with `crf` a "+ CRF" row per run. Training time
+    and images/s come from `results` ({variant: TrainResult}) where given."""
+    results = results or {}
+    scores = {name: exp.evaluate() for name, exp in runs.items()}
+    rows = []
+    for name, exp in runs.items():
+        r = results.get(name)
+        timing = {"train_s": r.seconds, "images_per_s": r.images_per_s} if r is not None else {}
+        rows.append(make_row(scores[name], variant=name, stage="cam", part_classes=part_classes, **timing))
+    if crf:
+        rows += [make_row(exp.evaluate(crf=True), variant=f"{name} + CRF", stage="cam", part_classes=part_classes)
+                 for name, exp in runs.items()]
+    return rows, scores
+
+
+def per_class_rows(scores: dict[str, dict[str, Any]], metrics: Sequence[str] = ("iou", "recall"),
+                   phenomena: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Per-class table of several runs ({variant: scores}): a column per (variant, metric), and the
+    planted phenomenon of the class (part-defined, context) when `phenomena` (SynthVOC meta) is given."""
+    phenomena = phenomena or {}
+    part, context = phenomena.get("part_defined", []), phenomena.get("context", {})
+    classes = list(next(iter(scores.values()))["iou"])
+    return [{"class": c, **{f"{name} {m}": s[m][c] for m in metrics for name, s in scores.items()},
+             "phenomenon": "part-defined" if c in part else ("context" if c in context else "")}
+            for c in classes]

@@ -9,7 +9,7 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder, None = SynthVOC of the preset
+data_root = None  # a VOC-layout folder, None: SynthVOC of the preset
 seed = 0
 split = "train"
 n_examples = 6

@@ -34,12 +34,12 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None: SynthVOC
 saliency_dir = None  # your saliency maps (<id>.png) for real data
 saliency = "dataset"  # dataset, folder, spectral_residual or fine_grained
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
-epochs = None  # None = the recipe of the preset
+epochs = None  # None: the recipe of the preset
 batch_size = None
 lr = None
 seed = 0
@@ -48,7 +48,7 @@ n_examples = 6
 sweeps = True  # the tau and lambda sweeps (the paper's supplementary ablations)
 taus = [0.2, 0.4, 0.6]
 lambdas = [0.0, 0.5, 1.0]
-ablation_epochs = 1  # schedule of every sweep row, CAM included, None = that of the main runs
+ablation_epochs = 1  # schedule of every sweep row, CAM included, None: that of the main runs
 
 # %%
 from IPython.display import Markdown, display
@@ -82,9 +82,8 @@ print("EPS run:", exp.run_dir)
 
 # %%
 base_result, result = baseline.train(), exp.train()
-speed = [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
-         for name, r in (("CAM", base_result), ("EPS", result))]
-display(Markdown(viz.markdown_table(speed, ["run", "steps", "seconds", "images/s"])))
+results = {"CAM": base_result, "EPS": result}
+display(Markdown(viz.markdown_table(report.speed_rows(results), ["run", "steps", "seconds", "images/s"])))
 viz.save_figure(viz.plot_curves({"CAM": baseline.train_log(), "EPS": exp.train_log()},
                                 keys=("loss", "cls", "sal", "fg_selected", "bg_selected")), "02_eps_training");
 
@@ -105,14 +104,7 @@ print({name: sw["best_threshold"] for name, sw in sweeps_thr.items()})
 
 # %%
 part = exp.phenomena().get("part_defined", [])
-base_scores, scores = baseline.evaluate(), exp.evaluate()
-rows = [report.make_row(base_scores, variant="CAM", stage="cam", part_classes=part,
-                        train_s=base_result.seconds, images_per_s=base_result.images_per_s),
-        report.make_row(scores, variant="EPS", stage="cam", part_classes=part, train_s=result.seconds,
-                        images_per_s=result.images_per_s)]
-if crf:
-    rows += [report.make_row(baseline.evaluate(crf=True), variant="CAM + CRF", stage="cam", part_classes=part),
-             report.make_row(exp.evaluate(crf=True), variant="EPS + CRF", stage="cam", part_classes=part)]
+rows, scores = report.versus_rows({"CAM": baseline, "EPS": exp}, results, crf=crf, part_classes=part)
 report.record([r for r in rows if r["method"] == "eps"])
 
 # %%
@@ -122,13 +114,8 @@ columns = ["variant", "bg_threshold", "miou", "fg_precision", "fg_recall", "cont
 print(viz.markdown_table(rows, columns, percent=columns[2:]))
 
 # %%
-context = exp.phenomena().get("context", {})
-per_class = [{"class": c, "CAM IoU": base_scores["iou"][c], "EPS IoU": scores["iou"][c],
-              "CAM precision": base_scores["precision"][c], "EPS precision": scores["precision"][c],
-              "phenomenon": "part-defined" if c in part else ("context" if c in context else "")}
-             for c in scores["iou"]]
-display(Markdown(viz.markdown_table(per_class, list(per_class[0]),
-                                    percent=["CAM IoU", "EPS IoU", "CAM precision", "EPS precision"])))
+per_class = report.per_class_rows(scores, ("iou", "precision"), exp.phenomena())
+display(Markdown(viz.markdown_table(per_class, list(per_class[0]), percent=list(per_class[0])[1:-1])))
 
 # %% [markdown]
 # ## Localization maps, given and estimated saliency

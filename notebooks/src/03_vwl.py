@@ -24,10 +24,10 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None: SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
-epochs = None  # None = the preset's recipe
+epochs = None  # None: the recipe of the preset
 batch_size = None
 lr = None
 seed = 0
@@ -35,7 +35,7 @@ num_words = 256  # codebook size k
 gamma = 2.0  # weight of GAP in HSPP
 crf = True  # also report CAM + dense CRF
 ablations = True  # train the Table 1 rows (+VWE alone, +HSPP alone)
-ablation_epochs = 2  # schedule of all four ablation rows, None = the main runs' schedule (reuses them)
+ablation_epochs = 2  # schedule of all four ablation rows, None: the schedule of the main runs (reuses them)
 n_examples = 6
 n_word_examples = 6
 
@@ -73,9 +73,8 @@ print("VWL run:", exp.run_dir)
 
 # %%
 base_result, result = baseline.train(), exp.train()
-speed = [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
-         for name, r in (("CAM", base_result), ("VWL", result))]
-display(Markdown(viz.markdown_table(speed, ["run", "steps", "seconds", "images/s"])))
+results = {"CAM": base_result, "VWL": result}
+display(Markdown(viz.markdown_table(report.speed_rows(results), ["run", "steps", "seconds", "images/s"])))
 viz.save_figure(viz.plot_curves({"CAM": baseline.train_log(), "VWL": exp.train_log()},
                                 keys=("loss", "img", "word", "w2i")), "03_vwl_training");
 
@@ -95,13 +94,7 @@ print({name: sw["best_threshold"] for name, sw in sweeps.items()})
 
 # %%
 part = exp.phenomena().get("part_defined", [])
-base_scores, scores = baseline.evaluate(), exp.evaluate()
-rows = [report.make_row(base_scores, variant="CAM", stage="cam", part_classes=part),
-        report.make_row(scores, variant="VWL", stage="cam", part_classes=part, train_s=result.seconds,
-                        images_per_s=result.images_per_s)]
-if crf:
-    rows += [report.make_row(baseline.evaluate(crf=True), variant="CAM + CRF", stage="cam", part_classes=part),
-             report.make_row(exp.evaluate(crf=True), variant="VWL + CRF", stage="cam", part_classes=part)]
+rows, scores = report.versus_rows({"CAM": baseline, "VWL": exp}, results, crf=crf, part_classes=part)
 report.record([r for r in rows if r["method"] == "vwl"])
 
 # %%
@@ -111,13 +104,8 @@ columns = ["variant", "bg_threshold", "miou", "fg_precision", "fg_recall", "boun
 print(viz.markdown_table(rows, columns, percent=columns[2:]))
 
 # %%
-context = exp.phenomena().get("context", {})
-per_class = [{"class": c, "CAM IoU": base_scores["iou"][c], "VWL IoU": scores["iou"][c],
-              "CAM recall": base_scores["recall"][c], "VWL recall": scores["recall"][c],
-              "phenomenon": "part-defined" if c in part else ("context" if c in context else "")}
-             for c in scores["iou"]]
-display(Markdown(viz.markdown_table(per_class, list(per_class[0]),
-                                    percent=["CAM IoU", "VWL IoU", "CAM recall", "VWL recall"])))
+per_class = report.per_class_rows(scores, ("iou", "recall"), exp.phenomena())
+display(Markdown(viz.markdown_table(per_class, list(per_class[0]), percent=list(per_class[0])[1:-1])))
 
 # %% [markdown]
 # ## The two CAM branches and their max

@@ -80,9 +80,7 @@ print("SANCE run:", main.run_dir)
 # %%
 results = {"CAM": cam.train(), **({"SANCE (main)": main.train()} if main_run else {}),
            **{f"{name} ({schedule})": exp.train() for name, exp in runs.items()}}
-speed = [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
-         for name, r in results.items()]
-display(Markdown(viz.markdown_table(speed, ["run", "steps", "seconds", "images/s"])))
+display(Markdown(viz.markdown_table(report.speed_rows(results), ["run", "steps", "seconds", "images/s"])))
 viz.save_figure(viz.plot_curves({name: exp.train_log() for name, exp in runs.items()},
                                 keys=("loss", "contour_seed", "contour_online", "seg_online")), "04_sance_training");
 

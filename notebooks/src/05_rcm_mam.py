@@ -35,16 +35,16 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None: SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
-epochs = None  # None = the preset's recipe
+epochs = None  # None: the recipe of the preset
 batch_size = None
 lr = None
 seed = 0
 crf = True  # also report CAM + dense CRF
 ablations = True  # train the Table 1-2 rows (RCM alone, MAM alone) and a baseline at their schedule
-ablation_epochs = 1  # schedule of all four ablation rows, None = the schedule of the main runs
+ablation_epochs = 1  # schedule of all four ablation rows, None: the schedule of the main runs
 n_examples = 6
 
 # %%
@@ -81,9 +81,8 @@ print("RCM + MAM run:", exp.run_dir)
 
 # %%
 base_result, result = baseline.train(), exp.train()
-speed = [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
-         for name, r in (("CAM", base_result), ("RCM + MAM", result))]
-display(Markdown(viz.markdown_table(speed, ["run", "steps", "seconds", "images/s"])))
+results = {"CAM": base_result, "RCM + MAM": result}
+display(Markdown(viz.markdown_table(report.speed_rows(results), ["run", "steps", "seconds", "images/s"])))
 print(f"RCM + MAM trains {base_result.images_per_s / result.images_per_s:.1f}x slower than CAM per image")
 viz.save_figure(viz.plot_curves({"CAM": baseline.train_log(), "RCM + MAM": exp.train_log()},
                                 keys=("loss", "cls", "rcm", "mam")), "05_rcm_mam_training");
@@ -105,13 +104,7 @@ print({name: sw["best_threshold"] for name, sw in sweeps.items()})
 
 # %%
 part = exp.phenomena().get("part_defined", [])
-base_scores, scores = baseline.evaluate(), exp.evaluate()
-rows = [report.make_row(base_scores, variant="CAM", stage="cam", part_classes=part),
-        report.make_row(scores, variant="RCM + MAM", stage="cam", part_classes=part, train_s=result.seconds,
-                        images_per_s=result.images_per_s)]
-if crf:
-    rows += [report.make_row(baseline.evaluate(crf=True), variant="CAM + CRF", stage="cam", part_classes=part),
-             report.make_row(exp.evaluate(crf=True), variant="RCM + MAM + CRF", stage="cam", part_classes=part)]
+rows, scores = report.versus_rows({"CAM": baseline, "RCM + MAM": exp}, results, crf=crf, part_classes=part)
 report.record([r for r in rows if r["method"] == "rcm_mam"])
 
 # %%
@@ -121,12 +114,7 @@ columns = ["variant", "bg_threshold", "miou", "fg_precision", "fg_recall", "boun
 print(viz.markdown_table(rows, columns, percent=columns[2:]))
 
 # %%
-context = exp.phenomena().get("context", {})
-per_class = [{"class": c, "CAM IoU": base_scores["iou"][c], "RCM+MAM IoU": scores["iou"][c],
-              "CAM prec": base_scores["precision"][c], "RCM+MAM prec": scores["precision"][c],
-              "CAM rec": base_scores["recall"][c], "RCM+MAM rec": scores["recall"][c],
-              "phenomenon": "part-defined" if c in part else ("context" if c in context else "")}
-             for c in scores["iou"]]
+per_class = report.per_class_rows(scores, ("iou", "precision", "recall"), exp.phenomena())
 display(Markdown(viz.markdown_table(per_class, list(per_class[0]), percent=list(per_class[0])[1:-1])))
 
 # %% [markdown]

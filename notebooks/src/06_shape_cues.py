@@ -33,16 +33,16 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None = SynthVOC
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None: SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
 pretrained = None  # None, "imagenet" or a path to saved weights
-epochs = None  # None = the preset recipe
+epochs = None  # None: the preset recipe
 batch_size = None
 lr = None
 seed = 0
 crf = True  # also report the CAM baseline + dense CRF
 ablations = True  # train the Table 5 rows (baseline, +SPR, +SCM, both)
-ablation_epochs = 1  # schedule of all four ablation rows, None = the main run schedule
+ablation_epochs = 1  # schedule of all four ablation rows, None: the main run schedule
 n_examples = 4
 
 # %%
@@ -78,9 +78,8 @@ base_result, result = baseline.train(), exp.train()
 model = exp.trained_method()
 spr_s = spr_seconds_per_batch(model, exp.dataset(exp.config.eval_split), exp.config.train.batch_size,
                               device=exp.device)
-speed = [{"run": name, "steps": r.steps, "seconds": r.seconds, "images/s": r.images_per_s}
-         for name, r in (("CAM", base_result), ("shape cues", result))]
-display(Markdown(viz.markdown_table(speed, ["run", "steps", "seconds", "images/s"])))
+display(Markdown(viz.markdown_table(report.speed_rows({"CAM": base_result, "shape cues": result}),
+                                    ["run", "steps", "seconds", "images/s"])))
 print(f"SPR + pseudo masks: {spr_s * 1000:.0f} ms per batch of {exp.config.train.batch_size}")
 viz.save_figure(viz.plot_curves({"shape cues": exp.train_log()}, keys=("loss", "cls", "pixel", "region")),
                 "06_shape_cues_training");

@@ -20,9 +20,9 @@
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
 methods = ["cam", "eps", "vwl", "sance", "rcm_mam", "shape_cues"]
-final_methods = None  # None = CAM + the best method by pseudo-mask mIoU, [] = no final stage
+final_methods = None  # None: CAM + the best method by pseudo-mask mIoU, []: no final stage
 upper_bound = True  # train the same network on ground-truth masks
-final_epochs = None  # None = the preset's final-stage recipe
+final_epochs = None  # None: the presets final-stage recipe
 final_crf = False  # also report the final network + dense CRF
 seed = 0
 n_examples = 4

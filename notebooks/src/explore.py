@@ -10,9 +10,9 @@
 # %% tags=["parameters"]
 preset = "quick"  # used only when no run has class maps yet: the CAM baseline of this preset
 split = "val"
-run = None  # a run folder name to start on, None = the first
-image = None  # an image id to start on, None = the first
-bg_threshold = None  # None = the run's best threshold
+run = None  # a run folder name to start on, None: the first
+image = None  # an image id to start on, None: the first
+bg_threshold = None  # None: the runs best threshold
 
 # %%
 from IPython.display import Image, display

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsss.inference import multiscale_maps
-from wsss.methods.base import Batch, WSSSMethod, cam_from_features, classification_loss, gap_cam_logits, register_method
+from wsss.methods.base import Batch, WSSSMethod, cam_from_features, classification_loss, gap_cam_logits, register_method, valid_at
 from wsss.models.backbones import Backbone
 
 HSPP_LEVELS: tuple[int, ...] = (1, 2, 4)
@@ -129,7 +129,7 @@ class VWL(WSSSMethod):
         losses = {"img": classification_loss(logits, label)}
         if self.vwe:
             probs = self.encoder(feats)
-            valid = _valid_at(batch.get("valid"), feats.shape[-2:])
+            valid = valid_at(batch.get("valid"), feats.shape[-2:])
             losses["word"] = classification_loss(gap_cam_logits(feats, self.word_classifier), word_labels(probs, valid))
             w2i_logits = self.word_to_image(word_frequencies(probs, valid)[..., None, None]).flatten(1)
             losses["w2i"] = classification_loss(w2i_logits, label)
@@ -166,13 +166,6 @@ class VWL(WSSSMethod):
     def _require_vwe(self) -> None:
         if not self.vwe:
             raise RuntimeError("this VWL model was built with vwe=False: it has no visual words")
-
-
-def _valid_at(valid: torch.Tensor | None, size: torch.Size) -> torch.Tensor | None:
-    """Crop-padding mask at feature resolution: a location is valid when most of its cell is image."""
-    if valid is None:
-        return None
-    return F.interpolate(valid[:, None].float(), size=tuple(size), mode="area")[:, 0] > 0.5
 
 
 # ---------------------------------------------------------------------- analysis (Figs. 4 and 5)
