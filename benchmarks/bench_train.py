@@ -36,6 +36,9 @@ def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, wa
          "index": torch.arange(batch), "id": [f"x{i}" for i in range(batch)]}
     if "saliency" in method_class(method_name).requires:
         b["saliency"] = torch.rand(batch, size, size, device=device)
+    # Second stages (SANCE) also train on per-image label maps: random seeds, some ignored.
+    seeds = torch.randint(0, num_classes + 1, (batch, size, size), device=device)
+    b["seed_mask"] = torch.where(torch.rand(batch, size, size, device=device) < 0.3, 255, seeds)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
     if cuda:
         torch.cuda.reset_peak_memory_stats()

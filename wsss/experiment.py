@@ -29,7 +29,7 @@ from wsss.paths import runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.pseudo import write_pseudo_masks
 from wsss.refine.crf import CRFParams
-from wsss.train import TrainConfig, TrainResult, load_model, train
+from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
 
 # Training recipes per SynthVOC preset, sized for the machine each preset targets.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -67,9 +67,7 @@ class ExperimentConfig:
     def for_preset(cls, preset: str = "quick", **overrides: Any) -> "ExperimentConfig":
         """Defaults of a preset, with `overrides`; keys of TrainConfig may be given at top level.
         Overrides that are None are ignored, so notebook parameters can use None for "preset default"."""
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        train_keys = {f.name for f in fields(TrainConfig)}
-        train_over = {k: overrides.pop(k) for k in list(overrides) if k in train_keys}
+        train_over, overrides = split_train_overrides(overrides)
         root = overrides.get("data_root")
         # A user-supplied folder that SynthVOC did not write is real data: IRNet's recipe.
         recipe = TRAIN_PRESETS["voc" if root and not (Path(root) / "meta.json").is_file() else preset]

@@ -39,7 +39,7 @@ from wsss.methods.base import Batch, WSSSMethod
 from wsss.models.backbones import build_backbone, load_pretrained
 from wsss.paths import runs_dir
 from wsss.refine.crf import CRFParams, dense_crf
-from wsss.train import TrainConfig, TrainResult, load_model, train
+from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
 
 MODELS = ("small_aspp", "deeplabv3_resnet50")
 MASK = "target"  # the training labels arrive as batch["target_mask"]
@@ -129,9 +129,7 @@ class SegConfig:
     def for_preset(cls, preset: str = "quick", voc: bool = False, **overrides: Any) -> "SegConfig":
         """The preset's recipe (DeepLabV3-ResNet50 with VOC's when `voc`); None overrides are ignored,
         keys of TrainConfig may be given at top level."""
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        train_keys = {f.name for f in fields(TrainConfig)}
-        train_over = {k: overrides.pop(k) for k in list(overrides) if k in train_keys}
+        train_over, overrides = split_train_overrides(overrides)
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown final-stage settings {sorted(unknown)}")

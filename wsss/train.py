@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -55,6 +55,15 @@ class TrainConfig:
     ckpt_every: int = 200
     log_every: int = 1
     progress: bool = True
+
+
+def split_train_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Settings given flat, as notebooks pass them: (TrainConfig keys, the others), None values
+    dropped so that a parameter left at None means "the preset's default"."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in overrides.items() if k in train_keys}, {k: v for k, v in overrides.items()
+                                                                      if k not in train_keys}
 
 
 @dataclass
