@@ -81,7 +81,7 @@ def _fmt(v: Any) -> str:
     if v is None or _isnan(v):
         return ""
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.10g}"  # full precision: tables rounding to 0.1% must agree with the notebooks
     if isinstance(v, (list, tuple)):
         return " ".join(str(x) for x in v)
     return str(v)
