@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -70,17 +70,25 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in range(len(dataset)) if not (out_dir / f"{dataset.ids[i]}.npz").is_file()]
     bar = tqdm(total=len(todo), desc=f"class maps -> {out_dir.name}", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(todo), batch_size):
-        samples = [dataset[i] for i in todo[start:start + batch_size]]
-        by_size: dict[tuple[int, ...], list[dict]] = {}
-        for s in samples:
-            by_size.setdefault(tuple(s["image"].shape), []).append(s)
-        for group in by_size.values():
-            images = torch.stack([s["image"] for s in group]).to(device)
-            maps = multiscale_maps(map_fn, images, scales, flip)
-            for s, m in zip(group, maps):
-                keys, cam = normalize_present(m, s["label"].to(m.device))
-                save_cam(out_dir / f"{s['id']}.npz", keys, cam)
-        bar.update(len(samples))
+    for group in size_grouped_batches(dataset, batch_size, todo):
+        images = torch.stack([s["image"] for s in group]).to(device)
+        maps = multiscale_maps(map_fn, images, scales, flip)
+        for s, m in zip(group, maps):
+            keys, cam = normalize_present(m, s["label"].to(m.device))
+            save_cam(out_dir / f"{s['id']}.npz", keys, cam)
+        bar.update(len(group))
     bar.close()
     return out_dir
+
+
+def size_grouped_batches(dataset: Any, batch_size: int = 16,
+                         indices: Sequence[int] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """Evaluation samples in order, in batches whose images share a size, so they can be stacked:
+    SynthVOC batches whole, VOC's differently sized images mostly go one by one."""
+    indices = range(len(dataset)) if indices is None else indices
+    for start in range(0, len(indices), batch_size):
+        groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+        for i in indices[start:start + batch_size]:
+            s = dataset[i]
+            groups.setdefault(tuple(s["image"].shape), []).append(s)
+        yield from groups.values()

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wsss.data.transforms import denormalize_image
-from wsss.inference import load_cam, multiscale_maps, save_cam
+from wsss.inference import load_cam, multiscale_maps, save_cam, size_grouped_batches
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod, register_method
 from wsss.metrics import ContourFMeter, ContourMassMeter, gt_boundaries
@@ -515,16 +515,6 @@ def tta_maps(method: _ContourMethod, images: torch.Tensor, scales: Sequence[floa
     return F.interpolate(total / (len(scales) * (2 if flip else 1)), size=size, mode="area")
 
 
-def _eval_groups(dataset: Any, batch_size: int = 16):
-    """Batches of eval samples that share an image size (SynthVOC: all; VOC: mostly one by one)."""
-    for start in range(0, len(dataset), batch_size):
-        groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-        for i in range(start, min(start + batch_size, len(dataset))):
-            s = dataset[i]
-            groups.setdefault(tuple(s["image"].shape), []).append(s)
-        yield from groups.values()
-
-
 @torch.no_grad()
 def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> Path:
     """Random-walk refined class maps of `split` in the CAM npz format (`<id>.npz`, keys + maps of the
@@ -538,7 +528,7 @@ def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> P
     walk = Propagation(params.radius, params.power, params.steps)
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(ds), desc=f"random walk -> {out.name}", disable=not experiment.progress, dynamic_ncols=True)
-    for group in _eval_groups(ds):
+    for group in size_grouped_batches(ds):
         images = torch.stack([s["image"] for s in group]).to(device)
         labels = torch.stack([s["label"] for s in group]).to(device)
         maps = tta_maps(method, images, params.scales, params.flip)
@@ -605,7 +595,7 @@ def contour_scores(experiment: Any, split: str | None = None, scales: Sequence[f
         return json.loads(path.read_text())
     method, device = experiment.trained_method(), experiment.device
     fmeter, mass = ContourFMeter(), ContourMassMeter()
-    for group in _eval_groups(experiment.dataset(split)):
+    for group in size_grouped_batches(experiment.dataset(split)):
         images = torch.stack([s["image"] for s in group]).to(device)
         boundary = F.interpolate(tta_maps(method, images, scales, flip)[:, :1], size=images.shape[-2:],
                                  mode="bilinear", align_corners=False)[:, 0].cpu().numpy()

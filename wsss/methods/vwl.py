@@ -21,14 +21,14 @@ With both parts off this is exactly the CAM baseline (same layers, initializatio
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.inference import multiscale_maps
+from wsss.inference import multiscale_maps, size_grouped_batches
 from wsss.methods.base import Batch, WSSSMethod, cam_from_features, classification_loss, gap_cam_logits, register_method, valid_at
 from wsss.models.backbones import Backbone
 
@@ -198,7 +198,9 @@ def word_usage(method: VWL, dataset: Any, device: str | torch.device = "cpu", ba
     (row 0 background; masks taken at feature resolution by nearest neighbour, ignore skipped)."""
     k, rows = method.encoder.num_words, method.num_classes + 1
     counts = np.zeros(rows * k, dtype=np.int64)
-    for images, masks in _eval_batches(dataset, batch_size, device):
+    for group in size_grouped_batches(dataset, batch_size):
+        images = torch.stack([s["image"] for s in group]).to(device)
+        masks = torch.stack([s["mask"] for s in group]).to(device)
         words = method.word_map(images)
         gt = F.interpolate(masks[:, None].float(), size=words.shape[-2:], mode="nearest")[:, 0].long()
         keep = gt < rows
@@ -222,7 +224,8 @@ def word_examples(method: VWL, dataset: Any, words: Sequence[int], n: int = 6, p
     highest probability: the paper's per-word sample rows (Fig. 5)."""
     words_t = torch.as_tensor(list(words), dtype=torch.long, device=device)
     best, where = [], []
-    for images, _ in _eval_batches(dataset, batch_size, device):
+    for group in size_grouped_batches(dataset, batch_size):
+        images = torch.stack([s["image"] for s in group]).to(device)
         probs = method.word_probabilities(images)
         won = probs.argmax(dim=1, keepdim=True) == words_t[None, :, None, None]
         score = torch.where(won, probs[:, words_t], torch.zeros((), device=probs.device)).flatten(2)
@@ -247,9 +250,3 @@ def _patch(image: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
     return image[y0:y0 + size, x0:x0 + size]
 
 
-def _eval_batches(dataset: Any, batch_size: int, device: str | torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images, masks) of an evaluation dataset in order; images of one batch must share a size."""
-    for start in range(0, len(dataset), batch_size):
-        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        yield (torch.stack([s["image"] for s in samples]).to(device),
-               torch.stack([s["mask"] for s in samples]).to(device))
