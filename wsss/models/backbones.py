@@ -105,16 +105,22 @@ def _resnet(arch: str, strides: tuple[int, int, int, int], pretrained: str | os.
             freeze_bn: bool) -> Backbone:
     """torchvision ResNet with IRNet's stage strides; strides (2,2,2,1) give output stride 16."""
     ctor: Callable[..., torchvision.models.ResNet] = getattr(torchvision.models, arch)
-    # Stride 1 in the last stage: torchvision expresses it as dilation (replace_stride_with_dilation),
-    # which keeps the receptive field of the pretrained filters.
-    net = ctor(weights=None, replace_stride_with_dilation=[False, False, strides[3] == 1])
     if strides[2] == 1:
         raise ValueError("only the last ResNet stage can have stride 1 here")
+    bottleneck = arch in ("resnet50", "resnet101")
+    # Stride 1 in the last stage: torchvision expresses it as dilation (replace_stride_with_dilation),
+    # which keeps the receptive field of the pretrained filters. Its BasicBlock (ResNet-18/34) cannot
+    # dilate, so there the first block of the last stage just loses its stride.
+    net = ctor(weights=None, replace_stride_with_dilation=[False, False, strides[3] == 1 and bottleneck])
+    if strides[3] == 1 and not bottleneck:
+        first = net.layer4[0]
+        first.conv1.stride = (1, 1)
+        first.downsample[0].stride = (1, 1)
     if pretrained is not None:
         load_pretrained(net, arch, pretrained)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
-    expansion = 4 if arch in ("resnet50", "resnet101") else 1
+    expansion = 4 if bottleneck else 1
     channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
     out_strides = [4, 8, 16, 16 if strides[3] == 1 else 32]
     return Backbone(stem, stages, channels, out_strides, frozen_bn=freeze_bn)
