@@ -268,3 +268,11 @@ def test_resume_and_ddp_reproduce_the_support_net_and_prototypes(tiny_root: Path
     _assert_same_model(tmp_path / "resumed", tmp_path / "reference")
     _train(script, tiny_root, tmp_path / "ddp", torchrun=True)  # prototypes averaged over both processes
     _assert_same_model(tmp_path / "ddp", tmp_path / "reference")
+
+
+def test_quick_recipe_is_shortened_for_rcm_mam_only_and_explicit_epochs_win() -> None:
+    from wsss.experiment import ExperimentConfig
+
+    assert ExperimentConfig.for_preset("quick", method="rcm_mam").train.epochs == 3
+    assert ExperimentConfig.for_preset("quick", method="cam").train.epochs == 8
+    assert ExperimentConfig.for_preset("quick", method="rcm_mam", epochs=5).train.epochs == 5

@@ -70,7 +70,9 @@ class ExperimentConfig:
         train_over, overrides = split_train_overrides(overrides)
         root = overrides.get("data_root")
         # A user-supplied folder that SynthVOC did not write is real data: IRNet's recipe.
-        recipe = TRAIN_PRESETS["voc" if root and not (Path(root) / "meta.json").is_file() else preset]
+        recipe_name = "voc" if root and not (Path(root) / "meta.json").is_file() else preset
+        method = overrides.get("method", cls.method)
+        recipe = {**TRAIN_PRESETS[recipe_name], **method_class(method).recipe_overrides.get(recipe_name, {})}
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown experiment settings {sorted(unknown)}")

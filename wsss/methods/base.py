@@ -34,6 +34,9 @@ class WSSSMethod(nn.Module):
     find_unused_parameters: ClassVar[bool] = False
     # Keys of the batch the method needs beyond image and label (e.g. "saliency").
     requires: ClassVar[tuple[str, ...]] = ()
+    # Changes to the training recipe of a preset for this method, e.g. a shorter schedule where the
+    # method costs several times a CAM per image: {"quick": {"epochs": 3}}.
+    recipe_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, num_classes: int, backbone: Backbone) -> None:
         super().__init__()
