@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PRESET ?= quick
+JOBS ?= 2
+TEST_JOBS ?= 2
 export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
@@ -19,9 +21,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
 
-# SynthVOC (quick preset), every method notebook executed into reports/, then the summary table.
+# SynthVOC (quick preset), every method notebook executed into reports/ (JOBS side by side),
+# then the comparison notebook and the summary table.
 demo: $(STAMP)
-	$(BIN)/wsss demo --preset $(PRESET)
+	$(BIN)/wsss demo --preset $(PRESET) --jobs $(JOBS)
 
+# TEST_JOBS pytest-xdist workers, one thread each (a notebook and its regression share a worker).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests

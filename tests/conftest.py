@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-_SESSION_DIR = Path(tempfile.mkdtemp(prefix="wsss-tests-"))
+# Under pytest-xdist every worker imports this file; they share one folder (keyed by the run's
+# id) so a notebook's tiny runs are trained once, and the run and dataset locks keep workers
+# from writing the same run at once.
+_XDIST_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _XDIST_RUN:
+    _SESSION_DIR = Path(tempfile.gettempdir()) / f"wsss-tests-{_XDIST_RUN}"
+    _SESSION_DIR.mkdir(exist_ok=True)
+else:
+    _SESSION_DIR = Path(tempfile.mkdtemp(prefix="wsss-tests-"))
 for _name in ("DATA", "RUNS", "REPORTS"):
     os.environ[f"WSSS_{_name}"] = str(_SESSION_DIR / _name.lower())
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -21,3 +29,14 @@ def tiny_root() -> Path:
     from wsss.data import synthvoc
 
     return synthvoc.generate(synthvoc.default_root("tiny", 0), preset="tiny", seed=0, progress=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With `-n N --dist loadgroup`: keep the cells of a regression notebook on one worker (they
+    share a kernel) together with the papermill run of the same notebook, whose runs they reuse."""
+    for item in items:
+        path = Path(str(item.path))
+        if path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.xdist_group(f"notebook-{path.stem}"))
+        elif getattr(item, "originalname", None) == "test_notebook_runs_under_papermill":
+            item.add_marker(pytest.mark.xdist_group(f"notebook-{item.callspec.id}"))

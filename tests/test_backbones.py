@@ -21,3 +21,14 @@ def test_resnet18_keeps_output_stride_16_without_dilation() -> None:
     net = build_backbone("resnet18")
     assert net.output_stride == 16
     assert net.stages[3][0].conv1.stride == (1, 1)
+
+
+def test_deeper_small_backbone_keeps_strides_and_the_one_block_layout() -> None:
+    deep = build_backbone("small", blocks=(2, 2, 2, 2)).eval()
+    with torch.no_grad():
+        feats = deep(torch.zeros(1, 3, 64, 64))
+    assert [64 // f.shape[-1] for f in feats] == deep.strides == [4, 8, 8, 8]
+    n_params = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert n_params(deep) > 1.8 * n_params(build_backbone("small"))
+    # one block per stage (the default) keeps the parameter names of runs saved before `blocks` existed
+    assert "stages.3.conv2.weight" in build_backbone("small").state_dict()

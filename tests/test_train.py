@@ -126,3 +126,37 @@ def test_torchrun_two_gloo_processes_train_the_single_process_model(tiny_root: P
     assert [r["step"] for r in read_log(ddp / LOG)] == [r["step"] for r in read_log(single / LOG)]
     summary = json.loads((ddp / "train_summary.json").read_text())
     assert summary["steps"] == read_log(single / LOG)[-1]["step"]
+
+
+def test_a_second_process_waits_for_the_run_lock(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two notebooks that need the same run must not train into one folder at once."""
+    from wsss.io import exclusive
+
+    lock = tmp_path / ".train.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom wsss.io import exclusive\n"
+         "with exclusive(sys.argv[1], 'training'):\n    print('held', flush=True)\n    time.sleep(1.5)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    t0 = time.perf_counter()
+    with exclusive(lock, "training"):
+        waited = time.perf_counter() - t0
+    assert holder.wait(timeout=30) == 0
+    assert waited > 0.5
+    assert "waiting: another process is busy with training" in capsys.readouterr().out
+    t0 = time.perf_counter()
+    with exclusive(lock, "training"):  # free again: no wait
+        assert time.perf_counter() - t0 < 0.5
+
+
+def test_method_options_at_their_defaults_name_the_same_run() -> None:
+    """A notebook that spells out a method's defaults must reuse the run of one that does not."""
+    from wsss.experiment import ExperimentConfig
+
+    plain = ExperimentConfig.for_preset("tiny", method="vwl")
+    spelled = ExperimentConfig.for_preset("tiny", method="vwl", method_options={"num_words": 256, "hspp": True})
+    other = ExperimentConfig.for_preset("tiny", method="vwl", method_options={"num_words": 128, "hspp": True})
+    assert spelled.config_hash() == plain.config_hash()
+    assert other.config_hash() != plain.config_hash()
+    assert other.config_hash() == ExperimentConfig.for_preset("tiny", method="vwl",
+                                                              method_options={"num_words": 128}).config_hash()

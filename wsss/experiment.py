@@ -9,6 +9,7 @@ code version.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
 from wsss.inference import infer_class_maps
-from wsss.io import write_json
+from wsss.io import exclusive, write_json
 from wsss.paths import runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.pseudo import write_pseudo_masks
@@ -82,13 +83,28 @@ class ExperimentConfig:
         return json.loads(json.dumps(asdict(self), default=str))
 
     def config_hash(self) -> str:
-        """Hash of everything that changes results (not where runs live, not progress bars)."""
-        d = self.to_dict()
-        for k in ("run_root", "name"):
-            d.pop(k)
-        for k in ("progress", "num_workers", "ckpt_every", "log_every"):
-            d["train"].pop(k)
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        return config_hash(self.to_dict())
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of everything in a config record (`ExperimentConfig.to_dict()`, or a run's config.json)
+    that changes results: not where runs live, not progress bars, and not method options given at
+    their default value, so a notebook that spells out the defaults shares the run of one that does not."""
+    d = json.loads(json.dumps(config))
+    for k in ("run_root", "name", "config_hash"):
+        d.pop(k, None)
+    for k in ("progress", "num_workers", "ckpt_every", "log_every"):
+        d["train"].pop(k, None)
+    defaults = method_defaults(d["method"])
+    d["method_options"] = {k: v for k, v in d["method_options"].items() if k not in defaults or v != defaults[k]}
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The method's keyword defaults, JSON-normalised (tuples become lists, as in config records)."""
+    params = inspect.signature(method_class(method).__init__).parameters.values()
+    return json.loads(json.dumps({p.name: p.default for p in params if p.default is not inspect.Parameter.empty},
+                                 default=str))
 
 
 def code_version() -> str:
@@ -170,7 +186,8 @@ class Experiment:
     def train(self, resume: bool = True) -> TrainResult:
         ds = self.dataset(self.config.train_split, train=True)
         cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
-        return train(self.method, ds, cfg, self.run_dir, resume=resume)
+        with exclusive(self.run_dir / ".train.lock", "training"):
+            return train(self.method, ds, cfg, self.run_dir, resume=resume)
 
     def trained_method(self) -> WSSSMethod:
         """The trained model, in eval mode on the experiment's device (trains first if needed)."""
@@ -183,11 +200,14 @@ class Experiment:
         split = split or self.config.eval_split
         out = self.run_dir / "cams" / split
         ds = self.dataset(split)
-        if not (out / "_done").is_file():
-            m = self.trained_method()
-            infer_class_maps(m.class_maps, ds, out, scales=self.config.scales, flip=self.config.flip,
-                             device=self.device, progress=self.progress)
-            (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if (out / "_done").is_file():
+            return out
+        m = self.trained_method()
+        with exclusive(self.run_dir / f".cams_{split}.lock", f"class maps of {split}"):
+            if not (out / "_done").is_file():  # another process may have written them meanwhile
+                infer_class_maps(m.class_maps, ds, out, scales=self.config.scales, flip=self.config.flip,
+                                 device=self.device, progress=self.progress)
+                (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
         return out
 
     def sweep(self, split: str | None = None) -> dict[str, Any]:

@@ -118,3 +118,31 @@ def load_label_png(path: str | os.PathLike) -> np.ndarray:
         if img.mode not in ("P", "L", "I", "I;16"):
             raise ValueError(f"{path}: a label map must be a palette or grayscale PNG, got mode {img.mode}")
         return np.asarray(img, dtype=np.uint8 if img.mode in ("P", "L") else np.int64).astype(np.uint8)
+
+
+@contextmanager
+def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `lock_file` (created if missing) for the block.
+
+    Two notebooks run side by side (`wsss demo --jobs 2`, a shell loop of `wsss run ... &`) may
+    need the same run; the second waits here and then finds the first one's finished artifacts
+    instead of training into the same folder. Ranks of one torchrun job share a run on purpose,
+    so under torchrun (WORLD_SIZE > 1) this is a no-op.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        yield
+        return
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[wsss] waiting: another process is busy with {what} ({lock_file.parent})", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

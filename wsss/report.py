@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from wsss.io import write_text
+from wsss.io import exclusive, write_text
 from wsss.paths import reports_dir
 
 KEY = ("method", "variant", "stage", "split", "bg_threshold", "crf")
@@ -49,7 +49,16 @@ def _isnan(x: Any) -> bool:
 
 
 def _key(row: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(row.get(k, "")) for k in KEY)
+    return tuple(_canonical(row.get(k, "")) for k in KEY)
+
+
+def _canonical(value: Any) -> str:
+    """One spelling per key value, so "0.0500" (an older table) and 0.05 name the same row."""
+    text = str(value)
+    try:
+        return f"{float(text):.6g}"
+    except ValueError:
+        return text
 
 
 def read_rows(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
@@ -64,16 +73,19 @@ def record(rows: Iterable[dict[str, Any]], folder: str | os.PathLike | None = No
     """Upsert `rows` into metrics.csv and regenerate metrics.md; returns the CSV path."""
     folder = Path(folder) if folder else reports_dir()
     csv_path = folder / "metrics.csv"
-    table = {_key(r): r for r in read_rows(csv_path)}
-    for r in rows:
-        r = {k: _fmt(v) for k, v in r.items()}
-        table[_key(r)] = r
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(sorted(table.values(), key=lambda r: (r.get("method", ""), r.get("stage", ""), r.get("variant", ""))))
-    write_text(csv_path, buf.getvalue())
-    write_text(folder / "metrics.md", markdown_table(list(table.values())))
+    # Notebooks running side by side record into one table: read-modify-write under a lock.
+    with exclusive(folder / ".metrics.lock", "the metrics table"):
+        table = {_key(r): r for r in read_rows(csv_path)}
+        for r in rows:
+            r = {k: _fmt(v) for k, v in r.items()}
+            table[_key(r)] = r
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(sorted(table.values(),
+                                key=lambda r: (r.get("method", ""), r.get("stage", ""), r.get("variant", ""))))
+        write_text(csv_path, buf.getvalue())
+        write_text(folder / "metrics.md", markdown_table(list(table.values())))
     return csv_path
 
 

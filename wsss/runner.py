@@ -61,24 +61,86 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     return output
 
 
-def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS, progress: bool = True) -> dict[str, float]:
+def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS, progress: bool = True,
+             jobs: int = 1) -> dict[str, float]:
+    """SynthVOC, then `notebooks` into reports/; returns seconds per stage and in total.
+
+    With `jobs` > 1 the method notebooks run side by side, each in its own process with
+    cores // jobs threads (notebooks that need the same run wait on its lock, see
+    `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
+    """
     from wsss.data import synthvoc
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     synthvoc.generate(synthvoc.default_root(preset, 0), preset=preset, seed=0, progress=progress)
     timings["synthvoc"] = time.perf_counter() - t0
-    for name in notebooks:
-        if not (notebooks_dir() / f"{name}.ipynb").is_file():
-            print(f"[demo] {name}: no such notebook yet, skipped")
-            continue
-        t = time.perf_counter()
-        print(f"[demo] running {name} (preset={preset})", flush=True)
-        run_notebook(name, {"preset": preset}, progress=progress)
-        timings[name] = time.perf_counter() - t
-        print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
+    present = [n for n in notebooks if (notebooks_dir() / f"{n}.ipynb").is_file()]
+    for name in sorted(set(notebooks) - set(present)):
+        print(f"[demo] {name}: no such notebook yet, skipped")
+    first = [n for n in present if n.startswith("00_")]
+    last = [n for n in present if n.startswith("07_")]
+    middle = [n for n in present if n not in first + last]
+    for name in first:
+        timings[name] = _timed_notebook(name, preset, progress)
+    if jobs > 1 and len(middle) > 1:
+        timings.update(_parallel_notebooks(middle, preset, jobs))
+    else:
+        for name in middle:
+            timings[name] = _timed_notebook(name, preset, progress)
+    for name in last:
+        timings[name] = _timed_notebook(name, preset, progress)
     timings["total"] = time.perf_counter() - t0
-    write_json(reports_dir() / "demo_timing.json", {k: round(v, 1) for k, v in timings.items()})
+    write_json(reports_dir() / "demo_timing.json", {**{k: round(v, 1) for k, v in timings.items()}, "jobs": jobs})
+    return timings
+
+
+def _timed_notebook(name: str, preset: str, progress: bool) -> float:
+    t = time.perf_counter()
+    print(f"[demo] running {name} (preset={preset})", flush=True)
+    run_notebook(name, {"preset": preset}, progress=progress)
+    seconds = time.perf_counter() - t
+    print(f"[demo] {name} done in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def _parallel_notebooks(names: list[str], preset: str, jobs: int) -> dict[str, float]:
+    """Run `names` as `wsss run` subprocesses, `jobs` at a time; a failure stops the demo after
+    the running ones finish (their logs are in runs/demo_logs/)."""
+    import subprocess
+    import sys
+
+    from wsss.paths import runs_dir
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_dir = runs_dir() / "demo_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, timings, failed = list(names), {}, {}, []
+    while pending or running:
+        while pending and len(running) < jobs and not failed:
+            name = pending.pop(0)
+            log = open(log_dir / f"{name}.log", "w")
+            cmd = [sys.executable, "-m", "wsss.cli", "run", name, "-p", "preset", preset]
+            running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
+                             time.perf_counter())
+            print(f"[demo] started {name} (preset={preset}, {threads} thread{'s' * (threads > 1)}, log {log.name})",
+                  flush=True)
+        time.sleep(2)
+        for name, (proc, log, start) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[name]
+            timings[name] = time.perf_counter() - start
+            status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {log.name})"
+            print(f"[demo] {name} {status} in {timings[name]:.0f} s", flush=True)
+            if proc.returncode != 0:
+                failed.append(name)
+        if failed and not running:
+            pending.clear()
+    if failed:
+        raise RuntimeError(f"demo notebooks failed: {failed}; executed notebooks with the error are in {reports_dir()}")
     return timings
 
 
@@ -94,6 +156,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d = subparsers.add_parser("demo", help="SynthVOC + every method notebook into reports/, then the summary table")
     d.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
     d.add_argument("--notebooks", nargs="*", default=list(DEMO_NOTEBOOKS))
+    d.add_argument("--jobs", type=int, default=1,
+                   help="method notebooks run side by side (each with cores // jobs threads); default 1")
     d.set_defaults(func=_cmd_demo)
 
 
@@ -105,7 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    timings = run_demo(args.preset, tuple(args.notebooks))
+    timings = run_demo(args.preset, tuple(args.notebooks), jobs=args.jobs)
     md = reports_dir() / "metrics.md"
     if md.is_file():
         print("\n" + md.read_text())

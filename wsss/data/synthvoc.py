@@ -32,7 +32,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from wsss.paths import data_dir
-from wsss.io import IGNORE_INDEX, save_gray_png, save_jpeg, save_label_png, save_npy, write_json, write_text
+from wsss.io import (IGNORE_INDEX, exclusive, save_gray_png, save_jpeg, save_label_png, save_npy, write_json,
+                     write_text)
 
 GENERATOR_VERSION = "synthvoc-1"
 
@@ -592,9 +593,15 @@ def generate(out_dir: str | os.PathLike | None = None, preset: str = "quick", se
     cfg = make_config(preset, **overrides)
     root = Path(out_dir) if out_dir is not None else default_root(preset, seed)
     meta = _meta(cfg, preset, seed)
-    meta_path = root / "meta.json"
     say: Callable[[str], None] = print if progress else (lambda _msg: None)
+    # Two processes asking for the same dataset (notebooks side by side): one writes, one waits.
+    with exclusive(root.parent / f".{root.name}.lock", f"writing SynthVOC {preset}"):
+        return _generate(cfg, root, meta, preset, seed, progress, overwrite, say)
 
+
+def _generate(cfg: SynthConfig, root: Path, meta: dict[str, Any], preset: str, seed: int, progress: bool,
+              overwrite: bool, say: Callable[[str], None]) -> Path:
+    meta_path = root / "meta.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if _identity(old) == _identity(meta):

@@ -87,7 +87,8 @@ class _BasicBlock(nn.Module):
         return self.relu(y + self.shortcut(x))
 
 
-def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn", **_: object) -> Backbone:
+def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn",
+                   blocks: tuple[int, ...] = (1, 1, 1, 1), **_: object) -> Backbone:
     """A residual net sized for CPU training from scratch on SynthVOC: output stride 8.
 
     Stage strides 4, 8, 8, 8: downsampling early keeps the full-resolution layers cheap (most of
@@ -97,7 +98,10 @@ def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn
     stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True))
     specs = [(widths[0], widths[0], 2, 1), (widths[0], widths[1], 2, 1), (widths[1], widths[2], 1, 2),
              (widths[2], widths[3], 1, 2)]
-    stages: list[nn.Module] = [_BasicBlock(cin, cout, s, d, norm) for cin, cout, s, d in specs]
+    stages: list[nn.Module] = [
+        nn.Sequential(_BasicBlock(cin, cout, s, d, norm), *(_BasicBlock(cout, cout, 1, d, norm) for _ in range(n - 1)))
+        if n > 1 else _BasicBlock(cin, cout, s, d, norm)
+        for (cin, cout, s, d), n in zip(specs, blocks)]
     return Backbone(stem, stages, list(widths), [4, 8, 8, 8])
 
 
