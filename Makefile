@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wsss demo --preset $(PRESET) --jobs $(JOBS)
 
-# TEST_JOBS pytest-xdist workers, one thread each (a notebook and its regression share a worker).
+# TEST_JOBS pytest-xdist workers, one thread each; a file (a regression notebook: its cells share a
+# kernel) stays on one worker.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadgroup tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests

@@ -29,14 +29,3 @@ def tiny_root() -> Path:
     from wsss.data import synthvoc
 
     return synthvoc.generate(synthvoc.default_root("tiny", 0), preset="tiny", seed=0, progress=False)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With `-n N --dist loadgroup`: keep the cells of a regression notebook on one worker (they
-    share a kernel) together with the papermill run of the same notebook, whose runs they reuse."""
-    for item in items:
-        path = Path(str(item.path))
-        if path.suffix == ".ipynb":
-            item.add_marker(pytest.mark.xdist_group(f"notebook-{path.stem}"))
-        elif getattr(item, "originalname", None) == "test_notebook_runs_under_papermill":
-            item.add_marker(pytest.mark.xdist_group(f"notebook-{item.callspec.id}"))
