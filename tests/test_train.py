@@ -76,11 +76,15 @@ def test_killed_run_resumes_to_the_same_model(tiny_root: Path, script: Path, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / MODEL).exists(), "the run finished before it could be killed"
-    steps_before = torch.load(killed / CHECKPOINT, weights_only=False)["step"]
+    saved = torch.load(killed / CHECKPOINT, weights_only=False)
+    steps_before = saved["step"]
     assert 0 < steps_before < total
+    assert saved["seconds"] >= 0.15 * steps_before  # each step sleeps 0.15 s
 
     out = _run(script, tiny_root, killed)
     assert f"steps {total} resumed_from {steps_before}" in out
+    summary = json.loads((killed / "train_summary.json").read_text())
+    assert summary["seconds"] > saved["seconds"], "the reported training time forgot the killed piece"
     log = read_log(killed / LOG)
     assert [r["step"] for r in log] == list(range(1, total + 1)), "the loss curve has a gap or repeated steps"
     # The data a step sees depends only on (seed, epoch, step): the resumed run reproduces the reference.

@@ -69,7 +69,7 @@ def split_train_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], di
 @dataclass
 class TrainResult:
     steps: int
-    seconds: float
+    seconds: float  # training time of the whole run, summed over resumed pieces
     images_per_s: float
     last_losses: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0
@@ -165,8 +165,10 @@ def build_optimizer(method: WSSSMethod, cfg: TrainConfig) -> torch.optim.Optimiz
 
 
 def save_checkpoint(path: Path, method: WSSSMethod, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler | None, step: int, cfg: TrainConfig) -> None:
+                    scaler: torch.amp.GradScaler | None, step: int, cfg: TrainConfig, seconds: float = 0.0) -> None:
+    """`seconds`: training time up to `step`, summed over every resumed piece of the run."""
     state = {
+        "seconds": seconds,
         "model": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -303,7 +305,7 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
         raise ValueError(f"dataset of {n} images is smaller than one batch of {cfg.batch_size}")
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
 
-    step = 0
+    step, seconds_before = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -313,6 +315,7 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
+        seconds_before = float(state.get("seconds", 0.0))
     resumed_from = step
     log = LossLog(run_dir / LOG, step, info.is_main)
 
@@ -370,25 +373,27 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
                         log.write({"step": step, "epoch": epoch, "lr": cfg.lr * lr_scale, **last, "images_per_s": ips})
                         bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
                     if step % cfg.ckpt_every == 0 and step < total and info.is_main:
-                        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
+                        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg,
+                                        seconds_before + time.perf_counter() - t_start)
                     if step >= total:
                         break
     except KeyboardInterrupt:
         if info.is_main:
-            save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
+            save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg,
+                            seconds_before + time.perf_counter() - t_start)
             tqdm.write(f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; train again to resume",
                        file=sys.stderr)
         raise
     finally:
         bar.close()
-    seconds = time.perf_counter() - t_start
-    result = TrainResult(steps=step, seconds=seconds, images_per_s=trained_imgs / max(seconds, 1e-9),
+    seconds = time.perf_counter() - t_start  # this piece; images/s is its throughput
+    result = TrainResult(steps=step, seconds=seconds_before + seconds, images_per_s=trained_imgs / max(seconds, 1e-9),
                          last_losses=last, resumed_from=resumed_from)
     if info.is_main:
         with atomic_path(run_dir / MODEL) as tmp:
             torch.save(method.state_dict(), tmp)
         write_json(run_dir / SUMMARY, asdict(result))
-        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg)
+        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg, result.seconds)
     if info.world_size > 1:
         dist.barrier()
     method.eval()

@@ -17,6 +17,7 @@ if __name__ == "__main__":
     scratch = Path(tempfile.mkdtemp(prefix="wsss-regression-"))
     for name in ("DATA", "RUNS", "REPORTS"):  # same isolation as the test suite
         os.environ[f"WSSS_{name}"] = str(scratch / name.lower())
+    os.environ["OMP_NUM_THREADS"] = "1"  # as `make test` runs: thread count changes float results
     sys.path.insert(0, str(ROOT))
     from wsss.runner import run_notebook
 
