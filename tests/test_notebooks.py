@@ -34,3 +34,19 @@ def test_notebook_runs_under_papermill(notebook: Path, tiny_root: Path, tmp_path
     assert not errors
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])), \
         "the notebook shows no figure"
+
+
+@pytest.mark.slow
+def test_demo_runs_method_notebooks_side_by_side(tiny_root: Path) -> None:
+    import json
+
+    from wsss.paths import reports_dir, runs_dir
+    from wsss.runner import run_demo
+
+    timings = run_demo("tiny", ("00_dataset", "01_cam_baseline", "03_vwl"), progress=False, jobs=2)
+    assert {"00_dataset", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
+    for name in ("01_cam_baseline", "03_vwl"):
+        nb = nbformat.read(reports_dir() / f"{name}.ipynb", as_version=4)
+        assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+        assert (runs_dir() / "demo_logs" / f"{name}.log").is_file()
+    assert json.loads((reports_dir() / "demo_timing.json").read_text())["jobs"] == 2
