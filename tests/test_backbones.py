@@ -32,3 +32,23 @@ def test_deeper_small_backbone_keeps_strides_and_the_one_block_layout() -> None:
     assert n_params(deep) > 1.8 * n_params(build_backbone("small"))
     # one block per stage (the default) keeps the parameter names of runs saved before `blocks` existed
     assert "stages.3.conv2.weight" in build_backbone("small").state_dict()
+
+
+def test_small_backbone_loads_the_weights_of_an_earlier_run(tmp_path) -> None:
+    from wsss.methods.base import build_method
+
+    trained = build_method("cam", 8, "small")
+    torch.nn.init.normal_(trained.backbone.stem[0].weight)  # anything but the fresh initialisation
+    torch.save(trained.state_dict(), tmp_path / "model.pt")  # a whole method, as runs save it
+    net = build_backbone("small", pretrained=tmp_path / "model.pt")
+    for k, v in trained.backbone.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v)
+    torch.save(trained.backbone.state_dict(), tmp_path / "backbone.pt")  # or just the backbone
+    torch.testing.assert_close(build_backbone("small", pretrained=tmp_path / "backbone.pt").stem[0].weight,
+                               trained.backbone.stem[0].weight)
+    with pytest.raises(ValueError, match="do not fit"):
+        build_backbone("small", pretrained=tmp_path / "model.pt", widths=(16, 32, 64, 64))
+    with pytest.raises(ValueError, match="do not fit"):
+        build_backbone("small", pretrained=tmp_path / "model.pt", blocks=(2, 2, 2, 2))
+    with pytest.raises(FileNotFoundError):
+        build_backbone("small", pretrained=tmp_path / "missing.pt")

@@ -156,16 +156,36 @@ def load_pretrained(net: nn.Module, arch: str, pretrained: str | os.PathLike) ->
         raise ValueError(f"weights {pretrained} do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def load_small_weights(net: Backbone, path: str | os.PathLike) -> None:
+    """Weights for the 'small' backbone, which has no ImageNet release: a file saved from an
+    earlier run, either a backbone state dict or a whole method's (its `backbone.*` entries)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {path} do not exist (the 'small' backbone takes a saved file)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if any(k.startswith("backbone.") for k in state):
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    hint = f"weights {path} do not fit this 'small' backbone (saved with other widths or blocks?)"
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes differ
+        raise ValueError(f"{hint}: {exc}") from exc
+    if missing or unexpected:
+        raise ValueError(f"{hint}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
 _WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
                  "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}
 
 
 def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs: object) -> Backbone:
-    """Backbones by name: 'small' (CPU, from scratch), 'resnet18', 'resnet50', 'resnet101'."""
+    """Backbones by name: 'small' (CPU; from scratch, or weights saved by an earlier run), 'resnet18',
+    'resnet50', 'resnet101'."""
     if name == "small":
+        net = small_backbone(**kwargs)  # type: ignore[arg-type]
         if pretrained is not None:
-            raise ValueError("the 'small' backbone has no pretrained weights; use pretrained=None")
-        return small_backbone(**kwargs)  # type: ignore[arg-type]
+            load_small_weights(net, pretrained)
+        return net
     if name in _WEIGHT_ENUMS:
         freeze_bn = bool(kwargs.get("freeze_bn", pretrained is not None))
         return _resnet(name, (2, 2, 2, 1), pretrained, freeze_bn)
