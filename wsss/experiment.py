@@ -186,8 +186,7 @@ class Experiment:
     def train(self, resume: bool = True) -> TrainResult:
         ds = self.dataset(self.config.train_split, train=True)
         cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
-        with exclusive(self.run_dir / ".train.lock", "training"):
-            return train(self.method, ds, cfg, self.run_dir, resume=resume)
+        return train(self.method, ds, cfg, self.run_dir, resume=resume)
 
     def trained_method(self) -> WSSSMethod:
         """The trained model, in eval mode on the experiment's device (trains first if needed)."""

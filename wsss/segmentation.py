@@ -34,7 +34,7 @@ from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_label_dir
 from wsss.experiment import TRAIN_PRESETS, Experiment, code_version
 from wsss.inference import multiscale_maps
-from wsss.io import IGNORE_INDEX, exclusive, save_label_png, write_json
+from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod
 from wsss.models.backbones import build_backbone, load_pretrained
 from wsss.paths import runs_dir
@@ -235,8 +235,7 @@ class FinalStage:
 
     def train(self, resume: bool = True) -> TrainResult:
         cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
-        with exclusive(self.run_dir / ".train.lock", "training"):
-            return train(self.net, self.dataset(), cfg, self.run_dir, resume=resume)
+        return train(self.net, self.dataset(), cfg, self.run_dir, resume=resume)
 
     def trained_net(self) -> SegmentationNet:
         if not (self.run_dir / "model.pt").is_file():

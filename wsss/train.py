@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from wsss.io import atomic_path, write_json, write_text
+from wsss.io import atomic_path, exclusive, write_json, write_text
 from wsss.methods.base import WSSSMethod
 
 CHECKPOINT = "checkpoint.pt"
@@ -273,9 +273,16 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
     """Train `method` on `dataset` (which must have `set_epoch`) into `run_dir`.
 
     With `resume`, a checkpoint in `run_dir` is picked up and training continues from its step;
-    a run that already finished returns at once.
+    a run that already finished returns at once. A second process training the same run (two
+    notebooks side by side) waits for the first and then finds its finished model.
     """
     run_dir = Path(run_dir)
+    with exclusive(run_dir / ".train.lock", "training"):
+        return _train(method, dataset, cfg, run_dir, resume)
+
+
+def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: Path,
+           resume: bool) -> TrainResult:
     probe_device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else cfg.device
     info = init_distributed(torch.device(probe_device).type if probe_device != "auto" else "cpu")
     device = resolve_device(cfg.device, info)
@@ -328,6 +335,9 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
                dynamic_ncols=True)
     window_t, window_imgs = time.perf_counter(), 0
     t_start, trained_imgs = time.perf_counter(), 0
+
+    def run_seconds() -> float:  # the whole run's training time, earlier resumed pieces included
+        return seconds_before + time.perf_counter() - t_start
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, float] = {}
     try:
@@ -373,21 +383,19 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
                         log.write({"step": step, "epoch": epoch, "lr": cfg.lr * lr_scale, **last, "images_per_s": ips})
                         bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
                     if step % cfg.ckpt_every == 0 and step < total and info.is_main:
-                        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg,
-                                        seconds_before + time.perf_counter() - t_start)
+                        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg, run_seconds())
                     if step >= total:
                         break
     except KeyboardInterrupt:
         if info.is_main:
-            save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg,
-                            seconds_before + time.perf_counter() - t_start)
+            save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg, run_seconds())
             tqdm.write(f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; train again to resume",
                        file=sys.stderr)
         raise
     finally:
         bar.close()
     seconds = time.perf_counter() - t_start  # this piece; images/s is its throughput
-    result = TrainResult(steps=step, seconds=seconds_before + seconds, images_per_s=trained_imgs / max(seconds, 1e-9),
+    result = TrainResult(steps=step, seconds=run_seconds(), images_per_s=trained_imgs / max(seconds, 1e-9),
                          last_losses=last, resumed_from=resumed_from)
     if info.is_main:
         with atomic_path(run_dir / MODEL) as tmp:

@@ -98,6 +98,7 @@ def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn
     stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), _norm(norm, widths[0]), nn.ReLU(inplace=True))
     specs = [(widths[0], widths[0], 2, 1), (widths[0], widths[1], 2, 1), (widths[1], widths[2], 1, 2),
              (widths[2], widths[3], 1, 2)]
+    # A one-block stage is the block itself, not a Sequential of one: saved runs keep their names.
     stages: list[nn.Module] = [
         nn.Sequential(_BasicBlock(cin, cout, s, d, norm), *(_BasicBlock(cout, cout, 1, d, norm) for _ in range(n - 1)))
         if n > 1 else _BasicBlock(cin, cout, s, d, norm)
@@ -143,12 +144,7 @@ def load_pretrained(net: nn.Module, arch: str, pretrained: str | os.PathLike) ->
                 "machine with internet and pass pretrained=PATH"
             ) from exc
     else:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights {path} do not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+        state = _read_weights(pretrained)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the ImageNet head is unused
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
@@ -156,13 +152,19 @@ def load_pretrained(net: nn.Module, arch: str, pretrained: str | os.PathLike) ->
         raise ValueError(f"weights {pretrained} do not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A saved state dict (also inside a {"state_dict": ...} checkpoint), on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights {path} do not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
+
+
 def load_small_weights(net: Backbone, path: str | os.PathLike) -> None:
     """Weights for the 'small' backbone, which has no ImageNet release: a file saved from an
     earlier run, either a backbone state dict or a whole method's (its `backbone.*` entries)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {path} do not exist (the 'small' backbone takes a saved file)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _read_weights(path)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
     hint = f"weights {path} do not fit this 'small' backbone (saved with other widths or blocks?)"
