@@ -109,7 +109,7 @@ def test_deeplabv3_resnet50_loads_a_local_weight_file(tmp_path: Path) -> None:
     assert out.shape == (1, 5, 48, 48) and torch.allclose(out.sum(1), torch.ones(1, 48, 48), atol=1e-5)
     with pytest.raises(FileNotFoundError):
         SegmentationNet(4, "deeplabv3_resnet50", pretrained=tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="from scratch"):
+    with pytest.raises(ValueError, match="do not fit"):  # ResNet weights for the small backbone
         SegmentationNet(4, "small_aspp", pretrained=path)
     with pytest.raises(ValueError, match="unknown segmentation model"):
         SegmentationNet(4, "unet")

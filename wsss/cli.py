@@ -9,6 +9,7 @@ import sys
 _COMMAND_MODULES = (
     "wsss.data.synthvoc",
     "wsss.metrics",
+    "wsss.pretrain",
     "wsss.runner",
 )
 

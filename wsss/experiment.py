@@ -28,6 +28,7 @@ from wsss.inference import infer_class_maps
 from wsss.io import exclusive, write_json
 from wsss.paths import runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
+from wsss.models.backbones import weights_digest
 from wsss.pseudo import write_pseudo_masks
 from wsss.refine.crf import CRFParams
 from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
@@ -41,13 +42,17 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "voc": dict(epochs=5, batch_size=16, lr=0.1, optimizer="sgd", weight_decay=1e-4, ckpt_every=500),
 }
 
+# Where the small backbone starts on each SynthVOC preset: the weights `wsss pretrain` made on a
+# generated corpus (the papers' ImageNet start); tiny stays random so tests need no file.
+PRETRAINED_DEFAULTS: dict[str, str] = {"quick": "synthvoc", "full": "synthvoc"}
+
 
 @dataclass
 class ExperimentConfig:
     method: str = "cam"
     method_options: dict[str, Any] = field(default_factory=dict)
     backbone: str = "small"
-    pretrained: str | None = None
+    pretrained: str | None = None  # None/"scratch": random init; "synthvoc", "imagenet" or a file
     data_root: str | None = None  # None: the SynthVOC preset, generated on first use
     preset: str = "quick"
     data_seed: int = 0
@@ -72,6 +77,8 @@ class ExperimentConfig:
         root = overrides.get("data_root")
         # A user-supplied folder that SynthVOC did not write is real data: IRNet's recipe.
         recipe_name = "voc" if root and not (Path(root) / "meta.json").is_file() else preset
+        if overrides.get("backbone", cls.backbone) == "small" and recipe_name in PRETRAINED_DEFAULTS:
+            overrides.setdefault("pretrained", PRETRAINED_DEFAULTS[recipe_name])
         method = overrides.get("method", cls.method)
         recipe = {**TRAIN_PRESETS[recipe_name], **method_class(method).recipe_overrides.get(recipe_name, {})}
         unknown = set(overrides) - {f.name for f in fields(cls)}
@@ -97,6 +104,8 @@ def config_hash(config: dict[str, Any]) -> str:
         d["train"].pop(k, None)
     defaults = method_defaults(d["method"])
     d["method_options"] = {k: v for k, v in d["method_options"].items() if k not in defaults or v != defaults[k]}
+    if weights_digest(d.get("pretrained")):
+        d["pretrained_digest"] = weights_digest(d["pretrained"])
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

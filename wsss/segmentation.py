@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_label_dir
-from wsss.experiment import TRAIN_PRESETS, Experiment, code_version
+from wsss.experiment import PRETRAINED_DEFAULTS, TRAIN_PRESETS, Experiment, code_version
 from wsss.inference import multiscale_maps
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod
-from wsss.models.backbones import build_backbone, load_pretrained
+from wsss.models.backbones import build_backbone, load_pretrained, weights_digest
 from wsss.paths import runs_dir
 from wsss.refine.crf import CRFParams, dense_crf
 from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
@@ -69,7 +69,7 @@ class SegmentationNet(WSSSMethod):
     def __init__(self, num_classes: int, model: str = "small_aspp", pretrained: str | os.PathLike | None = None,
                  atrous_rates: tuple[int, ...] | None = None) -> None:
         if model == "small_aspp":
-            backbone = build_backbone("small")
+            backbone = build_backbone("small", pretrained)
             rates = atrous_rates or (2, 4, 6)  # 12x12 features at 96 px: VOC's (12, 24, 36) would see padding
             head: nn.Module = _aspp_head(backbone.out_channels, num_classes + 1, rates, width=128)
         elif model == "deeplabv3_resnet50":
@@ -80,8 +80,6 @@ class SegmentationNet(WSSSMethod):
             backbone, head = net.backbone, net.classifier
         else:
             raise ValueError(f"unknown segmentation model {model!r}; available: {MODELS}")
-        if model == "small_aspp" and pretrained is not None:
-            raise ValueError("small_aspp trains from scratch; use pretrained=None")
         super().__init__(num_classes, backbone)
         self.model = model
         self.head = head
@@ -117,7 +115,8 @@ class SegConfig:
     """Settings of the final stage; everything here (plus the mask source) keys its run dir."""
 
     model: str = "small_aspp"
-    pretrained: str | None = None  # deeplabv3_resnet50: a ResNet-50 state-dict file or "imagenet"
+    # small_aspp: as ExperimentConfig.pretrained; deeplabv3_resnet50: a ResNet-50 state-dict file or "imagenet"
+    pretrained: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     crop_size: int | None = None  # None: the experiment's crop size
     scale_range: tuple[float, float] = (0.7, 1.3)
@@ -135,6 +134,8 @@ class SegConfig:
             raise ValueError(f"unknown final-stage settings {sorted(unknown)}")
         if voc:
             overrides.setdefault("model", "deeplabv3_resnet50")
+        elif overrides.get("model", cls.model) == "small_aspp" and preset in PRETRAINED_DEFAULTS:
+            overrides.setdefault("pretrained", PRETRAINED_DEFAULTS[preset])
         recipe = SEG_PRESETS["voc" if voc else preset]
         return cls(train=TrainConfig(**{**recipe, **train_over}), **overrides)
 
@@ -194,6 +195,8 @@ class FinalStage:
     def config_hash(self) -> str:
         key = {"source": {k: v for k, v in self.source.items() if k != "run"}, "seg": self.config.to_dict(),
                "data": str(self.experiment.data_root), "train_split": self.experiment.config.train_split}
+        if weights_digest(self.config.pretrained):
+            key["pretrained_digest"] = weights_digest(self.config.pretrained)
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     def _config_record(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ init), "imagenet" (torchvision's weights, needs internet or a warm torch hub cac
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -180,14 +181,41 @@ _WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
                  "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights"}
 
 
+# The small backbone pretrained on a generated SynthVOC corpus (`wsss pretrain`), shipped with the code.
+SYNTHVOC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "small_synthvoc.pt"
+
+
+def weights_file(pretrained: str | os.PathLike | None) -> Path | None:
+    """The file a small backbone's `pretrained` setting names: None and "scratch" mean random init,
+    "synthvoc" the shipped weights, anything else a path."""
+    if pretrained is None or str(pretrained) == "scratch":
+        return None
+    if str(pretrained) == "synthvoc":
+        if not SYNTHVOC_WEIGHTS.is_file():
+            raise FileNotFoundError(f"{SYNTHVOC_WEIGHTS} is missing; create it with `wsss pretrain`")
+        return SYNTHVOC_WEIGHTS
+    return Path(pretrained)
+
+
+def weights_digest(pretrained: str | os.PathLike | None) -> str | None:
+    """Content hash of a weights file named by `pretrained` (None for random init, downloads or a
+    missing file), so a run hash changes when the file behind the same name does."""
+    if pretrained is None or str(pretrained) in ("scratch", "imagenet"):
+        return None
+    path = SYNTHVOC_WEIGHTS if str(pretrained) == "synthvoc" else Path(pretrained)
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:10] if path.is_file() else None
+
+
 def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs: object) -> Backbone:
-    """Backbones by name: 'small' (CPU; from scratch, or weights saved by an earlier run), 'resnet18',
-    'resnet50', 'resnet101'."""
+    """Backbones by name: 'small' (CPU; from scratch, "synthvoc" for the shipped SynthVOC-pretrained
+    weights, or a file saved by an earlier run), 'resnet18', 'resnet50', 'resnet101'."""
     if name == "small":
         net = small_backbone(**kwargs)  # type: ignore[arg-type]
-        if pretrained is not None:
-            load_small_weights(net, pretrained)
+        path = weights_file(pretrained)
+        if path is not None:
+            load_small_weights(net, path)
         return net
+    pretrained = None if pretrained == "scratch" else pretrained
     if name in _WEIGHT_ENUMS:
         freeze_bn = bool(kwargs.get("freeze_bn", pretrained is not None))
         return _resnet(name, (2, 2, 2, 1), pretrained, freeze_bn)
