@@ -28,7 +28,7 @@
 preset = "quick"  # SynthVOC preset: tiny, quick or full
 data_root = None  # a VOC-layout folder such as VOCdevkit/VOC2012, or None for SynthVOC
 backbone = "small"  # small for CPU, resnet50 as IRNet
-pretrained = None  # None, "imagenet" or a path to saved weights
+pretrained = None  # None: the preset's start (quick: "synthvoc"), "scratch", "imagenet" or a file
 epochs = None  # None for the preset recipe
 batch_size = None
 lr = None

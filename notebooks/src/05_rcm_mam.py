@@ -37,7 +37,7 @@
 preset = "quick"  # SynthVOC preset: tiny, quick or full
 data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None: SynthVOC
 backbone = "small"  # small (CPU), resnet18, resnet50, resnet101
-pretrained = None  # None, "imagenet" or a path to saved weights
+pretrained = None  # None: the preset's start (quick: "synthvoc"), "scratch", "imagenet" or a file
 epochs = None  # None: the recipe of the preset
 batch_size = None
 lr = None
