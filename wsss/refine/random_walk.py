@@ -645,7 +645,7 @@ def random_walk_labels(
        ``present_classes[c - 1]`` (0 = background).
 
     ``method="sparse"`` runs step 3 with a CSR matrix (:func:`to_sparse_transition`),
-    same result; in ``benchmarks/bench_random_walk.py`` (1 CPU thread, 256 steps)
+    same result; in ``wsss/benchmarks/random_walk.py`` (1 CPU thread, 256 steps)
     it was faster than the banded loop (32x32: ~0.1 s vs ~0.25 s; 128x128:
     ~1.9 s vs ~2.2 s), slower for few steps.  Not measured on CUDA yet.
 

@@ -1,8 +1,8 @@
 """Training throughput (images/s) and peak memory of methods and backbones on random batches.
 
-    python benchmarks/bench_train.py                       # every method on 'small' at 96 px
-    python benchmarks/bench_train.py --backbone resnet50 --size 128 --methods cam
-    python benchmarks/bench_train.py --device cuda --batch 16
+    python -m wsss.benchmarks.train                       # every method on 'small' at 96 px
+    python -m wsss.benchmarks.train --backbone resnet50 --size 128 --methods cam
+    python -m wsss.benchmarks.train --device cuda --batch 16
 
 Random inputs isolate the model's cost from data loading (SynthVOC batches are loaded from an
 in-memory cache in training, so the loop adds little). On CUDA it uses the training loop's

@@ -15,7 +15,7 @@ CUDA -> ``torch.cuda.max_memory_allocated`` above the inputs.
 
 Usage::
 
-    python benchmarks/bench_random_walk.py [--sizes 32 128] [--steps 8 256]
+    python -m wsss.benchmarks.random_walk [--sizes 32 128] [--steps 8 256]
         [--methods banded sparse] [--devices cpu cuda] [--reps 3] [--threads 1] [--batch 1]
 """
 
@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _child(cfg: dict) -> dict:
@@ -38,7 +36,6 @@ def _child(cfg: dict) -> dict:
 
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    sys.path.insert(0, ROOT)
     from wsss.refine.random_walk import affinity_from_boundary, boundary_random_walk
 
     dev = torch.device(cfg["device"])
@@ -124,7 +121,7 @@ def main() -> None:
                     cfg = dict(device=dev, size=size, steps=steps, method=method, classes=args.classes,
                                radius=args.radius, power=args.power, reps=args.reps, threads=args.threads,
                                batch=args.batch)
-                    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)],
+                    proc = subprocess.run([sys.executable, "-m", "wsss.benchmarks.random_walk", "--child", json.dumps(cfg)],
                                           capture_output=True, text=True)
                     if proc.returncode != 0:
                         print(f"[{dev} {size} {steps} {method}] failed:\n{proc.stderr}", file=sys.stderr)
