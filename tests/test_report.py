@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsss.report import read_rows, record
+from wsss.report import archive_table, read_rows, record
 
 ROW = dict(method="cam", variant="CAM", stage="cam", split="val", bg_threshold=0.05, crf=False, miou=0.14,
            config_hash="abc")
@@ -26,3 +26,15 @@ def test_an_older_spelling_of_the_threshold_is_the_same_row(tmp_path: Path) -> N
 def test_rows_differing_in_a_key_are_kept(tmp_path: Path) -> None:
     record([ROW, {**ROW, "crf": True}, {**ROW, "bg_threshold": 0.1}, {**ROW, "split": "train"}], tmp_path)
     assert len(read_rows(tmp_path / "metrics.csv")) == 4
+
+
+def test_archiving_starts_an_empty_table_and_keeps_the_old_rows(tmp_path: Path) -> None:
+    assert archive_table(tmp_path) is None  # nothing to archive
+    record([ROW], tmp_path)
+    archive_table(tmp_path)
+    assert not (tmp_path / "metrics.csv").exists() and not (tmp_path / "metrics.md").exists()
+    record([{**ROW, "miou": 0.42}], tmp_path)
+    history = archive_table(tmp_path)
+    assert [r["miou"] for r in read_rows(history)] == ["0.14", "0.42"]  # appended, one header
+    record([{**ROW, "crf": True}], tmp_path)
+    assert [r["crf"] for r in read_rows(tmp_path / "metrics.csv")] == ["True"]

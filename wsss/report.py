@@ -89,6 +89,27 @@ def record(rows: Iterable[dict[str, Any]], folder: str | os.PathLike | None = No
     return csv_path
 
 
+def archive_table(folder: str | os.PathLike | None = None) -> Path | None:
+    """Start an empty table (a demo's rows are then exactly the demo's): the current rows are
+    appended to metrics_history.csv, so no result is lost. Returns the history file, if written."""
+    folder = Path(folder) if folder else reports_dir()
+    csv_path, history = folder / "metrics.csv", folder / "metrics_history.csv"
+    with exclusive(folder / ".metrics.lock", "the metrics table"):
+        rows = read_rows(csv_path)
+        if not rows:
+            return None
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+        if not history.is_file():
+            writer.writeheader()
+        writer.writerows(rows)
+        with open(history, "a", newline="") as f:
+            f.write(buf.getvalue())
+        csv_path.unlink()
+        (folder / "metrics.md").unlink(missing_ok=True)
+    return history
+
+
 def _fmt(v: Any) -> str:
     if v is None or _isnan(v):
         return ""

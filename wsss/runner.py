@@ -70,7 +70,9 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS,
     `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
     """
     from wsss.data import synthvoc
+    from wsss.report import archive_table
 
+    archive_table()  # the demo's table holds the demo's rows; earlier ones go to metrics_history.csv
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     synthvoc.generate(synthvoc.default_root(preset, 0), preset=preset, seed=0, progress=progress)
