@@ -104,8 +104,9 @@ def config_hash(config: dict[str, Any]) -> str:
         d["train"].pop(k, None)
     defaults = method_defaults(d["method"])
     d["method_options"] = {k: v for k, v in d["method_options"].items() if k not in defaults or v != defaults[k]}
-    if weights_digest(d.get("pretrained")):
-        d["pretrained_digest"] = weights_digest(d["pretrained"])
+    digest = weights_digest(d.get("pretrained"))
+    if digest:
+        d["pretrained_digest"] = digest
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

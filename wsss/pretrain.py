@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from wsss.data import synthvoc
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from wsss.data.voc import VOCDataset
 from wsss.experiment import code_version
 from wsss.io import write_json
 from wsss.methods.base import build_method, classification_loss, gap_cam_logits
@@ -103,14 +104,10 @@ def _val_ap(method: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -
 
 def _val_split(preset: str) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """The preset's val split (seed 0), to watch transfer; the weights are not selected on it."""
-    root = synthvoc.generate(preset=preset, seed=0, progress=False)
-    ids = (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
-    cls = synthvoc.load_cls_labels(root)
-    from PIL import Image
-
-    images = torch.from_numpy(np.stack([np.asarray(Image.open(root / "JPEGImages" / f"{i}.jpg").convert("RGB"))
-                                        for i in ids])).permute(0, 3, 1, 2)
-    return images, np.stack([cls[i] for i in ids]), list(synthvoc.CLASS_NAMES)
+    ds = VOCDataset(synthvoc.generate(preset=preset, seed=0, progress=False), "val", with_mask=False)
+    samples = [ds.load(i) for i in range(len(ds))]
+    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
+    return images, np.stack([s["label"] for s in samples]), list(ds.class_names)
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path = SYNTHVOC_WEIGHTS, progress: bool = True) -> dict[str, Any]:

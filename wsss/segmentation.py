@@ -195,8 +195,9 @@ class FinalStage:
     def config_hash(self) -> str:
         key = {"source": {k: v for k, v in self.source.items() if k != "run"}, "seg": self.config.to_dict(),
                "data": str(self.experiment.data_root), "train_split": self.experiment.config.train_split}
-        if weights_digest(self.config.pretrained):
-            key["pretrained_digest"] = weights_digest(self.config.pretrained)
+        digest = weights_digest(self.config.pretrained)
+        if digest:
+            key["pretrained_digest"] = digest
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     def _config_record(self) -> dict[str, Any]:

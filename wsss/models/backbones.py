@@ -185,25 +185,26 @@ _WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
 SYNTHVOC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "small_synthvoc.pt"
 
 
-def weights_file(pretrained: str | os.PathLike | None) -> Path | None:
-    """The file a small backbone's `pretrained` setting names: None and "scratch" mean random init,
-    "synthvoc" the shipped weights, anything else a path."""
+def _named_file(pretrained: str | os.PathLike | None) -> Path | None:
+    """None and "scratch" (random init) name no file, "synthvoc" the shipped weights, anything else a path."""
     if pretrained is None or str(pretrained) == "scratch":
         return None
-    if str(pretrained) == "synthvoc":
-        if not SYNTHVOC_WEIGHTS.is_file():
-            raise FileNotFoundError(f"{SYNTHVOC_WEIGHTS} is missing; create it with `wsss pretrain`")
-        return SYNTHVOC_WEIGHTS
-    return Path(pretrained)
+    return SYNTHVOC_WEIGHTS if str(pretrained) == "synthvoc" else Path(pretrained)
+
+
+def weights_file(pretrained: str | os.PathLike | None) -> Path | None:
+    """The file a small backbone's `pretrained` setting names (None for random init)."""
+    path = _named_file(pretrained)
+    if str(pretrained) == "synthvoc" and not SYNTHVOC_WEIGHTS.is_file():
+        raise FileNotFoundError(f"{SYNTHVOC_WEIGHTS} is missing; create it with `wsss pretrain`")
+    return path
 
 
 def weights_digest(pretrained: str | os.PathLike | None) -> str | None:
     """Content hash of a weights file named by `pretrained` (None for random init, downloads or a
     missing file), so a run hash changes when the file behind the same name does."""
-    if pretrained is None or str(pretrained) in ("scratch", "imagenet"):
-        return None
-    path = SYNTHVOC_WEIGHTS if str(pretrained) == "synthvoc" else Path(pretrained)
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:10] if path.is_file() else None
+    path = None if str(pretrained) == "imagenet" else _named_file(pretrained)
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:10] if path is not None and path.is_file() else None
 
 
 def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs: object) -> Backbone:
