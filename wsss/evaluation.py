@@ -69,7 +69,7 @@ def sweep_cam_thresholds(cam_dir: str | os.PathLike, dataset, thresholds: Sequen
                          progress: bool = True) -> dict[str, Any]:
     """mIoU (and the rest) of the thresholded class maps at every background threshold.
 
-    Returns {"thresholds", "miou" (list), "best_threshold", "best": scores at the best one}.
+    Returns {"thresholds", "miou" (list), "best_threshold", "per_threshold": the scores at each threshold}.
     """
     cam_dir = Path(cam_dir)
     ctx_dir = context_dir_of(dataset)

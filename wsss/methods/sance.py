@@ -486,6 +486,8 @@ class PseudoLabelParams:
     power: float = 10.0
     steps: int = 8
     normalize: str | None = "max"
+    stride: int = 4
+    contour_scales: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in ("seg", "cam"):
@@ -508,9 +510,10 @@ class PseudoLabelParams:
 
 
 @torch.no_grad()
-def tta_maps(method: _ContourMethod, images: torch.Tensor, scales: Sequence[float], flip: bool) -> torch.Tensor:
-    """`method.maps` averaged over scales and flips, at the 1/4 resolution of `images`."""
-    size = (math.ceil(images.shape[-2] / 4), math.ceil(images.shape[-1] / 4))
+def tta_maps(method: _ContourMethod, images: torch.Tensor, scales: Sequence[float], flip: bool,
+             stride: int = 4) -> torch.Tensor:
+    """`method.maps` averaged over scales and flips, at 1/`stride` of the resolution of `images`."""
+    size = (math.ceil(images.shape[-2] / stride), math.ceil(images.shape[-1] / stride))
     total = multiscale_maps(method.maps, images, scales, flip)
     return F.interpolate(total / (len(scales) * (2 if flip else 1)), size=size, mode="area")
 
@@ -531,7 +534,9 @@ def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> P
     for group in size_grouped_batches(ds):
         images = torch.stack([s["image"] for s in group]).to(device)
         labels = torch.stack([s["label"] for s in group]).to(device)
-        maps = tta_maps(method, images, params.scales, params.flip)
+        maps = tta_maps(method, images, params.scales, params.flip, params.stride)
+        if params.contour_scales is not None:
+            maps[:, :1] = tta_maps(method, images, params.contour_scales, params.flip, params.stride)[:, :1]
         if cam_dir is None:
             scores = maps[:, 2:]
         else:
