@@ -9,12 +9,14 @@ import torch.nn.functional as F
 
 from wsss.methods.base import build_method
 from wsss.methods.sance import (
+    PseudoLabelParams,
     Propagation,
     contour_loss,
     online_labels,
     refine_labels,
     seed_label,
     walk_present,
+    walk_steps_for,
 )
 from wsss.refine.random_walk import (
     _path_points,
@@ -242,6 +244,30 @@ def test_snapshots_and_online_start() -> None:
     assert [s["index"] for s in m.snapshots] == [1] and m.snapshots[0]["online"].shape == (8, 8)
     with pytest.raises(ValueError):
         build_method("sance", 4, "small", None, refine="saliency")
+
+
+class _CamRun:
+    def best_threshold(self) -> float:
+        return 0.45
+
+
+def test_seed_thresholds_follow_the_cam_threshold_unless_given() -> None:
+    m = build_method("irn_contour", 4, "small", None, backbone_init=None)
+    assert m.seed_thresholds(_CamRun()) == (0.60, 0.15)
+    m = build_method("irn_contour", 4, "small", None, backbone_init=None, seed_fg=0.30, seed_bg=0.05)
+    assert m.seed_thresholds(_CamRun()) == (0.30, 0.05)
+
+
+def test_walk_steps_scale_with_the_map() -> None:
+    # IRNet's 2**8 steps of radius 5 on 128-cell maps; the same reach on 48 cells takes ~2**5.
+    assert walk_steps_for(128, 5) == 8 and walk_steps_for(48, 5) == 5 and walk_steps_for(4, 5) == 1
+    large, small = PseudoLabelParams.for_source("seg", 512), PseudoLabelParams.for_source("seg", 96)
+    assert (large.stride, large.steps, large.contour_scales, len(large.scales)) == (4, 8, None, 4)
+    assert (small.stride, small.steps, small.contour_scales, small.scales) == (2, 5, (1.5, 2.0), (1.0,))
+    baseline = PseudoLabelParams.for_source("cam", 96)
+    assert baseline.contour_scales == (2.0,) and not baseline.flip
+    with pytest.raises(ValueError):
+        PseudoLabelParams(stride=0)
 
 
 def test_tiny_end_to_end(tiny_root) -> None:

@@ -2,7 +2,9 @@
 # # SANCE: segmentation-assisted noiseless contour exploration
 #
 # Li, Fan and Zhang (CVPR 2022) start where IRNet does: CAM seeds (Eq. 1: class where the
-# normalized CAM exceeds 0.30, background below 0.05, unsure between, refined by a dense CRF)
+# normalized CAM exceeds 0.30, background below 0.05, unsure between, refined by a dense CRF;
+# here the thresholds follow the CAM run's best background threshold t*: t* + 0.15 and t* / 3,
+# which is 0.30 / 0.05 at IRNet's VOC t* = 0.15 and 0.60 / 0.15 on SynthVOC quick)
 # supervise a contour branch through inter-pixel affinities (Eqs. 2-4: `a_ij = (1 - max B on the
 # path)^n` within a radius, class-balanced loss). Such contours also fire *inside* objects (part
 # edges, two-tone textures) and stop the CAM's random walk there. SANCE adds
@@ -13,7 +15,10 @@
 #   branches; the **label refine module** (Eq. 8) lets a dense CRF of the segmentation map decide
 #   background for the contour branch's online label (SANCE-naive: no refinement);
 # - final pseudo labels from the segmentation map propagated with the contour map (delta=5, n=10,
-#   t=8), multi-scale test-time augmentation (TTA).
+#   t=8), multi-scale test-time augmentation (TTA). On images below 320 px (SynthVOC's 96 px) the
+#   contours come from 2x upsampled input, the maps live at 1/2 resolution and the walk's steps
+#   are scaled to the map size (`PseudoLabelParams.for_source`); the paper's 1/4-resolution walk
+#   of 256 steps floods 24-cell maps.
 #
 # Paper, PASCAL VOC 2012 (Table 1, pseudo-label mIoU on *train*): baseline 66.6, SANCE-naive 69.9
 # (CAM map) / 74.6 (seg map, stride 8), SANCE 75.7, SANCE+TTA 76.9. Contour F-measure on SBD val
@@ -65,6 +70,7 @@ main = experiment("sance")
 runs = {"baseline": ablation("irn_contour"), "SANCE-naive": ablation("sance", refine=None),
         "SANCE": ablation("sance")}
 split = main.config.eval_split
+size = main.crop_size  # picks the paper's walk or its small-image adaptation
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
             f"{ablation_split or main.config.train_split}")
 print("CAM run:", cam.run_dir)
@@ -104,14 +110,14 @@ viz.save_figure(viz.image_grid(grid, titles), "04_sance_contours");
 # %% [markdown]
 # ## Propagation results
 #
-# The baseline propagates the CAM with its contours (IRNet); SANCE propagates its segmentation map
-# with its contours, over scales 1.0, 0.5, 1.5, 2.0 and flips (TTA). Background scores are the
-# best of the validation sweep, as for the CAM rows.
+# The baseline propagates the CAM with its single-scale contours (IRNet); SANCE propagates its
+# segmentation map with its contours, averaged over scales and flips (TTA). Background scores are
+# the best of the validation sweep, as for the CAM rows.
 
 # %%
-maps = {"baseline": (runs["baseline"], PseudoLabelParams.for_source("cam")),
-        "SANCE-naive": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg")),
-        "SANCE": (runs["SANCE"], PseudoLabelParams.for_source("seg"))}
+maps = {"baseline": (runs["baseline"], PseudoLabelParams.for_source("cam", size)),
+        "SANCE-naive": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size)),
+        "SANCE": (runs["SANCE"], PseudoLabelParams.for_source("seg", size))}
 label_dirs = {name: propagated_pseudo_labels(exp, split, params) for name, (exp, params) in maps.items()}
 cam_dir = cam.class_maps(split)
 grid, titles = [], []
@@ -153,24 +159,23 @@ if grid:
 
 # %%
 part = main.phenomena().get("part_defined", [])
-single = dict(scales=(1.0,), flip=False)
 contour = {name: contour_scores(exp) for name, exp in [*runs.items(), *((("SANCE (main)", main),) if main_run else ())]}
 table1 = [  # variant, stage, scores, the run whose contours made them
     ("CAM", "cam", cam.evaluate(split), None),
     ("CAM + CRF", "cam", cam.evaluate(split, crf=True), None),
     (f"baseline, CAM map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_source("cam")), "baseline"),
+     pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_source("cam", size)), "baseline"),
     (f"SANCE-naive, CAM map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("cam")), "SANCE-naive"),
+     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("cam", size)), "SANCE-naive"),
     (f"SANCE-naive, seg map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("seg", **single)), "SANCE-naive"),
+     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size, tta=False)), "SANCE-naive"),
     (f"SANCE, seg map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", **single)), "SANCE"),
-    (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg")),
+     pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", size, tta=False)), "SANCE"),
+    (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", size)),
      "SANCE"),
 ]
 if main_run:  # the method's own pseudo labels (its `pseudo_labels` hook), full recipe
-    table1.append(("SANCE + TTA", "pseudo", pseudo_label_scores(main, PseudoLabelParams.for_source("seg")),
+    table1.append(("SANCE + TTA", "pseudo", pseudo_label_scores(main, PseudoLabelParams.for_source("seg", size)),
                    "SANCE (main)"))
 rows = [report.make_row(scores, variant=variant, stage=stage, part_classes=part,
                         **({"contour_f": contour[run]["ods_f"]} if run else {}))
