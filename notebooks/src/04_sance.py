@@ -70,7 +70,7 @@ main = experiment("sance")
 runs = {"baseline": ablation("irn_contour"), "SANCE-naive": ablation("sance", refine=None),
         "SANCE": ablation("sance")}
 split = main.config.eval_split
-size = main.crop_size  # picks the paper's walk or its small-image adaptation
+size = main.crop_size()  # picks the paper's walk or its small-image adaptation
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
             f"{ablation_split or main.config.train_split}")
 print("CAM run:", cam.run_dir)

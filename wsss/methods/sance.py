@@ -340,7 +340,7 @@ class _ContourMethod(WSSSMethod):
 
     def pseudo_labels(self, experiment: Any, split: str) -> Path:
         return propagated_pseudo_labels(experiment, split,
-                                        PseudoLabelParams.for_source(self.default_source, experiment.crop_size))
+                                        PseudoLabelParams.for_source(self.default_source, experiment.crop_size()))
 
 
 @register_method
