@@ -16,6 +16,7 @@ from wsss.methods.shape_cues import (
     complete_masks,
     decoder_masks,
     drop_probability,
+    focal_mask_penalty,
     manhattan_offsets,
     region_loss,
     self_information,
@@ -186,3 +187,23 @@ def test_ablation_switches() -> None:
     assert full.scm is not None and full.alpha == 0.8
     with pytest.raises(ValueError):
         build_method("shape_cues", 3, "small", backbone_init="imagenet")
+
+
+def test_focal_mask_penalty_punishes_empty_masks_and_spares_full_ones() -> None:
+    probs = torch.zeros(1, 3, 4, 4)
+    probs[0, 1] = 1.0  # class 1 covers the image, class 2 is empty, class 0 covers half
+    probs[0, 0, :2] = 1.0
+    pen = focal_mask_penalty(probs, power=3.0, lam=0.01)[0]
+    assert pen[1] == pytest.approx(0.0, abs=1e-6)
+    assert pen[2] == pytest.approx(math.log(0.01))
+    assert pen[0] == pytest.approx(0.5 ** 3 * math.log(0.51))
+    valid = torch.zeros(1, 4, 4, dtype=torch.bool)
+    valid[0, :2] = True  # over the valid half, class 0 is full
+    assert focal_mask_penalty(probs, valid)[0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_learning_rates_keep_the_papers_ratio() -> None:
+    m = build_method("shape_cues", 3, "small", backbone_init=None)
+    assert [g["lr_mult"] for g in m.param_groups()] == [0.1, 1.0]
+    m = build_method("shape_cues", 3, "small", backbone_init=None, backbone_lr_mult=1.0, decoder_lr_mult=None)
+    assert [g["lr_mult"] for g in m.param_groups()] == [1.0, None]

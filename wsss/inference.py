@@ -20,6 +20,20 @@ from wsss.io import save_npz
 
 MapFn = Callable[[torch.Tensor], torch.Tensor]
 
+# Below this image size (SynthVOC's 96 px) dense heads lose small objects at scale 0.5 and their
+# test-time augmentation stays at scale 1 (`head_scales`); the paper settings hold above it.
+SMALL_IMAGE = 320
+
+
+def head_scales(scales: Sequence[float], image_size: int | None) -> tuple[float, ...]:
+    """Test-time scales of a segmentation head's maps on images of `image_size` px: `scales` from
+    SMALL_IMAGE up (or size unknown), scale 1 alone below. Measured on SynthVOC quick val: the
+    shape-cues decoder scores 41.3 mIoU at scale 1 + flip and 38.2 over scales 1, 0.5, 1.5, 2;
+    SANCE's segmentation map likewise (55.5 vs 49.9 after the walk)."""
+    if image_size is None or image_size >= SMALL_IMAGE:
+        return tuple(scales)
+    return (1.0,)
+
 
 @torch.no_grad()
 def multiscale_maps(map_fn: MapFn, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),

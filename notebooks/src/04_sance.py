@@ -39,8 +39,8 @@ batch_size = None
 lr = None
 seed = 0
 main_run = True  # train the main SANCE run with the preset recipe, the row notebook 07 compares
-ablation_epochs = 3  # schedule of every Table 1 and 2 row, None for the preset recipe
-ablation_split = "val"  # images the Table 1 and 2 rows train on with image labels and CAM seeds only, None for train
+ablation_epochs = None  # schedule of every Table 1 and 2 row, None for the preset recipe
+ablation_split = None  # images the Table 1 and 2 rows train on with image labels and CAM seeds only, None for train
 n_examples = 4
 n_history = 4  # online-label snapshots shown per training image
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wsss.data.transforms import denormalize_image
-from wsss.inference import load_cam, multiscale_maps, save_cam, size_grouped_batches
+from wsss.inference import SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, size_grouped_batches
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod, register_method
 from wsss.metrics import ContourFMeter, ContourMassMeter, gt_boundaries
@@ -484,11 +484,6 @@ class SANCESal(SANCE):
 # ---------------------------------------------------------------------------------- final pseudo labels
 
 
-# Below this image size (SynthVOC's 96 px) the paper's walk, tuned for 1/4-resolution maps of 512 px
-# images (128 cells), is adapted: see PseudoLabelParams.for_source.
-SMALL_IMAGE = 320
-
-
 def walk_steps_for(cells: int, radius: float) -> int:
     """log2 of the walk steps that spread a score as far, relative to the map, as IRNet's 2**8 steps
     of radius 5 on 128-cell maps (a diffusion reach of radius * sqrt(steps) = 80 cells, 62.5%)."""
@@ -540,11 +535,12 @@ class PseudoLabelParams:
         val, SANCE seg map: the paper's settings give 17.6 mIoU, the adapted ones 55.8 (the map
         without any walk: 52.7)."""
         tta = source == "seg" if tta is None else tta
+        scales = head_scales((1.0, 0.5, 1.5, 2.0), image_size) if tta else (1.0,)
         if image_size is None or image_size >= SMALL_IMAGE:
-            base = cls(source=source, scales=(1.0, 0.5, 1.5, 2.0) if tta else (1.0,), flip=tta)
+            base = cls(source=source, scales=scales, flip=tta)
         else:
             stride = 2
-            base = cls(source=source, scales=(1.0,), flip=tta, stride=stride,
+            base = cls(source=source, scales=scales, flip=tta, stride=stride,
                        contour_scales=(1.5, 2.0) if tta else (2.0,),
                        steps=walk_steps_for(math.ceil(image_size / stride), cls.radius))
         return replace(base, **overrides)

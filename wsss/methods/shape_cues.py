@@ -24,10 +24,12 @@ One network trained end to end on image labels; its decoder output is the final 
 Ablation switches: `scm=False` removes the shape cue module; `spr=False` refines with colour
 alone (alpha = 1, PAMR), which is the paper's "conventional colour-based refinement" baseline.
 
-Adaptations to a from-scratch CPU backbone, both options: the backbone starts from the CAM
-baseline's classification network (`backbone_init="cam"`, as the paper's starts from an ImageNet
-classifier; SANCE does the same here), and the mask losses start after `mask_start` of training
-so that the randomly initialized decoder first learns from image labels.
+Adaptations, all options: the backbone starts from the CAM baseline's classification network
+(`backbone_init="cam"`, as the paper's starts from an ImageNet classifier; SANCE does the same
+here); the mask losses start after `mask_start` of training so that the randomly initialized
+decoder first learns from image labels (SSSS's pretraining epochs); the image scores add SSSS's
+focal mask penalty (`size_penalty`); the paper's 10x rate of the new modules over the backbone is
+kept by running the backbone at 0.1x (`backbone_lr_mult`), see `param_groups`.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.inference import multiscale_maps
+from wsss.inference import head_scales, multiscale_maps, size_grouped_batches
 from wsss.io import IGNORE_INDEX, save_label_png
 from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
 from wsss.methods.sance import at_size, cam_experiment
@@ -376,24 +378,21 @@ class ShapeCues(WSSSMethod):
     # ------------------------------------------------------------------ final masks
 
     def pseudo_labels(self, experiment: Any, split: str) -> Path:
-        """The decoder's argmax over background + present classes (multi-scale + flip as the
-        experiment's class-map inference), as label PNGs in `<run>/decoder_masks/<split>`."""
-        out = experiment.run_dir / "decoder_masks" / split
+        """The decoder's argmax over background + present classes (the experiment's scales, scale 1
+        alone on small images: `head_scales`; flips), as label PNGs in `<run>/decoder_masks/<split>_s<scales>`."""
+        c = experiment.config
+        scales = head_scales(c.scales, experiment.crop_size())
+        tag = "-".join(f"{x:g}" for x in scales) + ("_flip" if c.flip else "")
+        out = experiment.run_dir / "decoder_masks" / f"{split}_s{tag}"
         if (out / "_done").is_file():
             return out
-        model, ds = experiment.trained_method(), experiment.dataset(split)
-        c = experiment.config
+        model = experiment.trained_method()
         out.mkdir(parents=True, exist_ok=True)
-        for start in range(0, len(ds), 16):
-            samples = [ds[i] for i in range(start, min(start + 16, len(ds)))]
-            by_size: dict[tuple[int, ...], list[dict]] = {}
-            for s in samples:
-                by_size.setdefault(tuple(s["image"].shape), []).append(s)
-            for group in by_size.values():
-                images = torch.stack([s["image"] for s in group]).to(experiment.device)
-                labels = torch.stack([s["label"] for s in group]).to(experiment.device)
-                for s, mask in zip(group, decoder_masks(model, images, labels, c.scales, c.flip)):
-                    save_label_png(out / f"{s['id']}.png", mask)
+        for group in size_grouped_batches(experiment.dataset(split)):
+            images = torch.stack([s["image"] for s in group]).to(experiment.device)
+            labels = torch.stack([s["label"] for s in group]).to(experiment.device)
+            for s, mask in zip(group, decoder_masks(model, images, labels, scales, c.flip)):
+                save_label_png(out / f"{s['id']}.png", mask)
         (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
         return out
 
