@@ -13,9 +13,11 @@ batches as `seed_mask`, augmented with the image (`training_masks`).
   decides background) for the contour branch, the paper's default (Table 4). `refine=None` is
   SANCE-naive. `sance_sal` lets the saliency map decide background instead.
 
+Seed thresholds follow the CAM run's best background threshold unless given (`seed_thresholds`).
 Final pseudo labels (Sec. 3.3) propagate the segmentation map (SANCE) or the CAM (baseline) with
 the test-time-augmented contour map; the constant background score is chosen by the same
-validation sweep the CAM baseline uses, so every row is compared at its best threshold.
+validation sweep the CAM baseline uses, so every row is compared at its best threshold. Images
+below 320 px get a walk sized to their maps (`PseudoLabelParams.for_source`).
 
 Walk steps: final pseudo labels use IRNet's convention (t=8 matrix squarings = 256 steps); online
 labels take Eq. 6's t literally (8 iterations) because they run at every training step, where 256
