@@ -17,14 +17,20 @@ def test_rerecording_a_row_replaces_it(tmp_path: Path) -> None:
     assert "| cam | CAM | cam | val | 16.0 |" in (tmp_path / "metrics.md").read_text()
 
 
-def test_an_older_spelling_of_the_threshold_is_the_same_row(tmp_path: Path) -> None:
-    record([{**ROW, "bg_threshold": "0.0500"}], tmp_path)
+def test_an_older_spelling_of_a_value_is_the_same_row(tmp_path: Path) -> None:
+    record([{**ROW, "crf": "False"}], tmp_path)
     record([ROW], tmp_path)
     assert len(read_rows(tmp_path / "metrics.csv")) == 1
 
 
+def test_a_rerun_with_a_new_best_threshold_replaces_its_row(tmp_path: Path) -> None:
+    record([ROW], tmp_path)
+    record([{**ROW, "bg_threshold": 0.25, "miou": 0.5}], tmp_path)
+    assert [(r["bg_threshold"], r["miou"]) for r in read_rows(tmp_path / "metrics.csv")] == [("0.25", "0.5")]
+
+
 def test_rows_differing_in_a_key_are_kept(tmp_path: Path) -> None:
-    record([ROW, {**ROW, "crf": True}, {**ROW, "bg_threshold": 0.1}, {**ROW, "split": "train"}], tmp_path)
+    record([ROW, {**ROW, "crf": True}, {**ROW, "variant": "CAM x"}, {**ROW, "split": "train"}], tmp_path)
     assert len(read_rows(tmp_path / "metrics.csv")) == 4
 
 

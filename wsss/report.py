@@ -16,9 +16,11 @@ from typing import Any, Iterable, Sequence
 from wsss.io import exclusive, write_text
 from wsss.paths import reports_dir
 
-KEY = ("method", "variant", "stage", "split", "bg_threshold", "crf")
+# A row's identity. The background threshold is a result (the sweep's best), not part of it: a
+# re-run whose best threshold moved replaces its row instead of leaving the old one beside it.
+KEY = ("method", "variant", "stage", "split", "crf")
 COLUMNS = (
-    *KEY, "miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "contour_f",
+    "method", "variant", "stage", "split", "bg_threshold", "crf", "miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "contour_f",
     "train_s", "images_per_s", "scales", "flip", "seed", "backbone", "data", "config_hash", "config_file",
     "code_version",
 )
