@@ -14,11 +14,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import PINNED_NUMERICS  # threads and instruction sets change float results
+
+    os.environ.update(PINNED_NUMERICS)
     scratch = Path(tempfile.mkdtemp(prefix="wsss-regression-"))
     for name in ("DATA", "RUNS", "REPORTS"):  # same isolation as the test suite
         os.environ[f"WSSS_{name}"] = str(scratch / name.lower())
-    os.environ["OMP_NUM_THREADS"] = "1"  # as `make test` runs: thread count changes float results
-    sys.path.insert(0, str(ROOT))
     from wsss.runner import run_notebook
 
     names = sys.argv[1:] or [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
