@@ -35,6 +35,11 @@ def head_scales(scales: Sequence[float], image_size: int | None) -> tuple[float,
     return (1.0,)
 
 
+def scales_tag(scales: Sequence[float], flip: bool) -> str:
+    """File-name tag of a test-time augmentation, e.g. "s1-0.5_flip"."""
+    return "s" + "-".join(f"{x:g}" for x in scales) + ("_flip" if flip else "")
+
+
 @torch.no_grad()
 def multiscale_maps(map_fn: MapFn, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
                     flip: bool = True) -> torch.Tensor:

@@ -20,7 +20,8 @@ from wsss.paths import reports_dir
 # re-run whose best threshold moved replaces its row instead of leaving the old one beside it.
 KEY = ("method", "variant", "stage", "split", "crf")
 COLUMNS = (
-    "method", "variant", "stage", "split", "bg_threshold", "crf", "miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "contour_f",
+    "method", "variant", "stage", "split", "bg_threshold", "crf", "miou", "fg_precision", "fg_recall",
+    "boundary_iou", "context_fp_rate", "part_recall", "contour_f",
     "train_s", "images_per_s", "scales", "flip", "seed", "backbone", "data", "config_hash", "config_file",
     "code_version",
 )

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from wsss.data.transforms import denormalize_image
-from wsss.inference import SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, size_grouped_batches
+from wsss.inference import (SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, scales_tag,
+                            size_grouped_batches)
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod, register_method
 from wsss.metrics import ContourFMeter, ContourMassMeter, gt_boundaries
@@ -638,7 +639,7 @@ def contour_scores(experiment: Any, split: str | None = None, scales: Sequence[f
     in background), contour maps upsampled to image resolution against the GT label boundaries.
     Cached per split and scales."""
     split = split or experiment.config.eval_split
-    path = experiment.run_dir / f"contours_{split}_s{'-'.join(f'{s:g}' for s in scales)}{'_flip' if flip else ''}.json"
+    path = experiment.run_dir / f"contours_{split}_{scales_tag(scales, flip)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     method, device = experiment.trained_method(), experiment.device

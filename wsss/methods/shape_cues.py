@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.inference import head_scales, multiscale_maps, size_grouped_batches
+from wsss.inference import head_scales, multiscale_maps, scales_tag, size_grouped_batches
 from wsss.io import IGNORE_INDEX, save_label_png
 from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
 from wsss.methods.sance import at_size, cam_experiment
@@ -382,8 +382,7 @@ class ShapeCues(WSSSMethod):
         alone on small images: `head_scales`; flips), as label PNGs in `<run>/decoder_masks/<split>_s<scales>`."""
         c = experiment.config
         scales = head_scales(c.scales, experiment.crop_size())
-        tag = "-".join(f"{x:g}" for x in scales) + ("_flip" if c.flip else "")
-        out = experiment.run_dir / "decoder_masks" / f"{split}_s{tag}"
+        out = experiment.run_dir / "decoder_masks" / f"{split}_{scales_tag(scales, c.flip)}"
         if (out / "_done").is_file():
             return out
         model = experiment.trained_method()
