@@ -246,19 +246,23 @@ def region_loss(log_probs: torch.Tensor, labels: torch.Tensor, radius: int = 3, 
 class ShapeCues(WSSSMethod):
     """Options: `scm`, `spr` (ablation switches), SCM hyper-parameters (`scm_radius`, `scm_samples`,
     `scm_bandwidth`, `scm_tau`, `scm_drop_rate`, `scm_stage`), SPR ones (`alpha`, `spr_dilations`,
-    `spr_iterations`, `cutoff`, `floor`), region loss (`region_radius`, `margin`), network widths
+    `spr_iterations`, `cutoff`, `floor`, `bg_cutoff` (SSSS: 0.7 for the background), `spr_sigma`
+    ("window" or "image": how the semantic term is scaled)), focal mask penalty (`size_penalty`,
+    `focal_power`, `focal_lam`), region loss (`region_radius`, `margin`), network widths
     (`width`, None = from the backbone), `aspp_rates` (None = DeepLabV3's (6, 12, 18) at output
     stride 16, (2, 4, 6) on the small backbone's 12-cell maps), `mask_start` and `backbone_init`."""
 
     name = "shape_cues"
 
     def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
-                 alpha: float = 0.8, spr_dilations: Sequence[int] = DILATIONS, spr_iterations: int = 10,
+                 alpha: float = 0.8, spr_sigma: str = "window", spr_dilations: Sequence[int] = DILATIONS,
+                 spr_iterations: int = 10,
                  cutoff: float = 0.6, floor: float = 0.2, region_radius: int = 3, margin: float = 3.0,
                  scm_radius: int = 7, scm_samples: int = 9, scm_bandwidth: float = 1.0, scm_tau: float = 0.5,
                  scm_drop_rate: float = 1.5, scm_stage: int = 0, width: int | None = None,
                  aspp_rates: Sequence[int] | None = None, mask_start: float = 0.25,
                  backbone_init: str | None = "cam", size_penalty: bool = True,
+                 focal_power: float = 3.0, focal_lam: float = 0.01, bg_cutoff: float | None = None,
                  backbone_lr_mult: float = 0.1, decoder_lr_mult: float | None = 1.0) -> None:
         super().__init__(num_classes, backbone)
         if backbone_init not in (None, "cam"):
@@ -266,11 +270,13 @@ class ShapeCues(WSSSMethod):
         if not 0.0 <= mask_start <= 1.0:
             raise ValueError(f"mask_start must lie in [0, 1], got {mask_start}")
         self.alpha = alpha if spr else 1.0  # without SPR: the colour-only refinement (PAMR)
+        self.spr_sigma = spr_sigma
         self.spr_dilations, self.spr_iterations = tuple(spr_dilations), spr_iterations
         self.cutoff, self.floor = cutoff, floor
         self.region_radius, self.margin = region_radius, margin
         self.scm_stage, self.mask_start, self.backbone_init = scm_stage, mask_start, backbone_init
-        self.size_penalty = size_penalty
+        self.size_penalty, self.focal_power, self.focal_lam = size_penalty, focal_power, focal_lam
+        self.bg_cutoff = bg_cutoff
         self.backbone_lr_mult, self.decoder_lr_mult = backbone_lr_mult, decoder_lr_mult
         width = width or min(256, backbone.out_channels // 2)
         rates = tuple(aspp_rates) if aspp_rates else ((6, 12, 18) if backbone.output_stride >= 16 else (2, 4, 6))
@@ -347,8 +353,8 @@ class ShapeCues(WSSSMethod):
         kept = present.gather(1, channels)[..., None, None]
         compact = probs.float().gather(1, channels[..., None, None].expand(-1, -1, *probs.shape[-2:])) * kept
         small = F.adaptive_avg_pool2d(images.float(), probs.shape[-2:])
-        refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations)
-        labels = pseudo_mask(refined, valid, self.cutoff, self.floor)
+        refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma)
+        labels = pseudo_mask(refined, valid, self.cutoff, self.floor, self.bg_cutoff)
         ignored = labels == IGNORE_INDEX
         return channels.gather(1, labels.masked_fill(ignored, 0).flatten(1)).view_as(labels).masked_fill(ignored,
                                                                                                           IGNORE_INDEX)
@@ -360,7 +366,7 @@ class ShapeCues(WSSSMethod):
         valid = at_size(batch["valid"], scores.shape[-2:]) if "valid" in batch else None
         image_scores = ngwp(scores, probs, valid)
         if self.size_penalty:
-            image_scores = image_scores + focal_mask_penalty(probs, valid)
+            image_scores = image_scores + focal_mask_penalty(probs, valid, self.focal_power, self.focal_lam)
         losses = {"cls": classification_loss(image_scores[:, 1:], batch["label"])}
         complete = log_probs.new_zeros(())
         if progress >= self.mask_start:
@@ -432,8 +438,8 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
     present = torch.cat([label.new_ones(1), label]).to(probs)[None, :, None, None]
     small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
     fg = probs * present
-    steps = propagate(fg, spr_affinity(small, fg, model.alpha, model.spr_dilations), model.spr_dilations,
-                      model.spr_iterations)
+    affinity = spr_affinity(small, fg, model.alpha, model.spr_dilations, sigma=model.spr_sigma)
+    steps = propagate(fg, affinity, model.spr_dilations, model.spr_iterations)
     out["probs"] = probs[0].cpu().numpy()
     out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
     out["pseudo"] = pseudo_mask(steps[-1], None, model.cutoff, model.floor)[0].cpu().numpy()

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from wsss.io import IGNORE_INDEX
 
 DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+SIGMAS: tuple[str, ...] = ("window", "image")
 
 
 def _windows(x: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -44,14 +45,19 @@ def shifted_stack(padded: torch.Tensor, k: int, dilation: int, size: Sequence[in
 _NEIGHBOURS = [k for k in range(9) if k != 4]
 
 
-def local_differences(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> torch.Tensor:
-    """|x_i - x_j| / sigma_i for the 8 neighbours j of every dilation: (B, C, 8 * len(dilations), H, W).
-    sigma_i is the standard deviation of i's window at that dilation (0 differences stay 0)."""
+def local_differences(x: torch.Tensor, dilations: Sequence[int] = DILATIONS,
+                      sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """|x_i - x_j| / sigma for the 8 neighbours j of every dilation: (B, C, 8 * len(dilations), H, W).
+    sigma defaults to the standard deviation of i's window at that dilation (PAMR); a given
+    `sigma` (B, C, 1, 1) is used instead (0 differences stay 0)."""
     out = []
     for d in dilations:
         win = _windows(x, d)
-        # Unbiased std written out: Tensor.std over a middle dimension is ~10x slower on CPU.
-        std = (win - win.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(8).sqrt()
+        if sigma is None:
+            # Unbiased std written out: Tensor.std over a middle dimension is ~10x slower on CPU.
+            std = (win - win.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(8).sqrt()
+        else:
+            std = sigma[:, :, None]
         out.append((win[:, :, _NEIGHBOURS] - x[:, :, None]).abs() / (std + 1e-8))
     return torch.cat(out, dim=2)
 
@@ -62,18 +68,24 @@ def local_neighbours(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> t
 
 
 def spr_affinity(image: torch.Tensor, probs: torch.Tensor, alpha: float = 0.8,
-                 dilations: Sequence[int] = DILATIONS, beta: float = 0.1) -> torch.Tensor:
+                 dilations: Sequence[int] = DILATIONS, beta: float = 0.1, sigma: str = "window") -> torch.Tensor:
     """delta^c_{j->i} (Eq. 5 and its local softmax): (B, C, P, H, W), summing to 1 over P.
 
     image (B, 3, H, W) at the resolution of probs (B, C, H, W). With alpha = 1 the affinity is
-    the same for every class (pure colour refinement, PAMR)."""
+    the same for every class (pure colour refinement, PAMR). `sigma` scales the semantic term:
+    "window" by the local window's standard deviation (as the colour term), "image" by the
+    class map's standard deviation over the image (Eq. 5's per-class sigma_s^c)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    if sigma not in SIGMAS:
+        raise ValueError(f"sigma must be one of {SIGMAS}, got {sigma!r}")
     if image.shape[-2:] != probs.shape[-2:] or image.shape[0] != probs.shape[0]:
         raise ValueError(f"image {tuple(image.shape)} and scores {tuple(probs.shape)} must share batch and size")
     kernel = -alpha * local_differences(image.float(), dilations).mean(dim=1, keepdim=True) / beta
     if alpha < 1.0:
-        kernel = kernel - (1.0 - alpha) * local_differences(probs.float(), dilations) / beta
+        m = probs.float()
+        scale = m.flatten(2).std(dim=2)[..., None, None] if sigma == "image" else None
+        kernel = kernel - (1.0 - alpha) * local_differences(m, dilations, scale) / beta
     return kernel.softmax(dim=2)
 
 
@@ -88,13 +100,13 @@ def propagate(probs: torch.Tensor, affinity: torch.Tensor, dilations: Sequence[i
 
 @torch.no_grad()
 def spr(probs: torch.Tensor, image: torch.Tensor, alpha: float = 0.8, dilations: Sequence[int] = DILATIONS,
-        iterations: int = 10) -> torch.Tensor:
+        iterations: int = 10, sigma: str = "window") -> torch.Tensor:
     """Refined scores m_T (B, C, H, W) of probs (B, C, H, W) guided by image (B, 3, H, W)."""
-    return propagate(probs, spr_affinity(image, probs, alpha, dilations), dilations, iterations)[-1]
+    return propagate(probs, spr_affinity(image, probs, alpha, dilations, sigma=sigma), dilations, iterations)[-1]
 
 
 def pseudo_mask(refined: torch.Tensor, valid: torch.Tensor | None = None, cutoff: float = 0.6,
-                floor: float = 0.2) -> torch.Tensor:
+                floor: float = 0.2, bg_cutoff: float | None = None) -> torch.Tensor:
     """(B, H, W) labels (channel index, IGNORE_INDEX for unsure or conflicting pixels).
 
     Channel c claims the pixels above max(cutoff * its maximum over the image, floor); a pixel
@@ -104,7 +116,10 @@ def pseudo_mask(refined: torch.Tensor, valid: torch.Tensor | None = None, cutoff
     if valid is not None:
         scores = scores * valid[:, None].to(scores.dtype)
     peak = scores.flatten(2).amax(dim=2)[..., None, None]
-    claimed = scores > (cutoff * peak).clamp_min(floor)
+    cut = torch.full_like(peak, cutoff)
+    if bg_cutoff is not None:  # SSSS's pseudo_gtmask: background (channel 0) at its own cutoff
+        cut[:, 0] = bg_cutoff
+    claimed = scores > (cut * peak).clamp_min(floor)
     labels = scores.argmax(dim=1)
     keep = claimed.sum(dim=1) == 1
     if valid is not None:
