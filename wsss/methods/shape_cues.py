@@ -442,7 +442,7 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
     steps = propagate(fg, affinity, model.spr_dilations, model.spr_iterations)
     out["probs"] = probs[0].cpu().numpy()
     out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
-    out["pseudo"] = pseudo_mask(steps[-1], None, model.cutoff, model.floor)[0].cpu().numpy()
+    out["pseudo"] = pseudo_mask(steps[-1], None, model.cutoff, model.floor, model.bg_cutoff)[0].cpu().numpy()
     out["prediction"] = fg.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy()
     return out
 
