@@ -164,3 +164,20 @@ def test_method_options_at_their_defaults_name_the_same_run() -> None:
     assert other.config_hash() != plain.config_hash()
     assert other.config_hash() == ExperimentConfig.for_preset("tiny", method="vwl",
                                                               method_options={"num_words": 128}).config_hash()
+
+
+def test_training_under_no_grad_still_learns(tiny_root: Path, tmp_path: Path) -> None:
+    """An evaluation wrapped in torch.no_grad() that finds its run untrained trains it first."""
+    from wsss.data.transforms import train_transform
+    from wsss.data.voc import VOCDataset
+    from wsss.methods.base import build_method
+    from wsss.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    method = build_method("cam", 8, "small", backbone_options={"norm": "gn", "widths": (8, 8, 16, 16)})
+    before = [p.detach().clone() for p in method.parameters()]
+    ds = VOCDataset(tiny_root, "train", transform=train_transform(48), with_mask=False, cache=True)
+    with torch.no_grad():
+        result = train(method, ds, TrainConfig(epochs=1, batch_size=8, lr=2e-3, progress=False), tmp_path / "run")
+    assert result.steps > 0
+    assert any(not torch.equal(p, b) for p, b in zip(method.parameters(), before))

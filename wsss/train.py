@@ -274,10 +274,11 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
 
     With `resume`, a checkpoint in `run_dir` is picked up and training continues from its step;
     a run that already finished returns at once. A second process training the same run (two
-    notebooks side by side) waits for the first and then finds its finished model.
+    notebooks side by side) waits for the first and then finds its finished model. Gradients are
+    on even when called under `torch.no_grad()` (an evaluation that finds its model untrained).
     """
     run_dir = Path(run_dir)
-    with exclusive(run_dir / ".train.lock", "training"):
+    with exclusive(run_dir / ".train.lock", "training"), torch.enable_grad():
         return _train(method, dataset, cfg, run_dir, resume)
 
 
