@@ -7,12 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.io import IGNORE_INDEX
 from wsss.methods.base import build_method
 from wsss.methods.sance import (
     PseudoLabelParams,
     Propagation,
-    at_size,
     contour_loss,
     online_labels,
     refine_labels,
@@ -285,18 +283,3 @@ def test_tiny_end_to_end(tiny_root) -> None:
     assert 0 <= scores["miou"] <= 1
     c = contour_scores(exp)
     assert 0 <= c["ods_f"] <= 1 and c["share_inside"] + c["share_boundary"] + c["share_background"] == pytest.approx(1)
-
-
-def test_online_background_from_seeds_ignores_unseeded_background() -> None:
-    m = build_method("sance", 4, "small", None, backbone_init=None, online_bg=0.9, online_background="seed",
-                     snapshot_indices=[0, 1])
-    batch = _batch()
-    m(batch, progress=0.6)
-    seed = at_size(batch["seed_mask"], (8, 8))
-    for s in m.snapshots:  # a background score of 0.9 makes the walk call (nearly) everything background
-        for key in ("online", "refined"):
-            y = s[key].long()
-            assert (y == 0).any() and not ((y == 0) & (seed[s["index"]] != 0)).any()
-            assert (y[seed[s["index"]] != 0] == IGNORE_INDEX).all()
-    with pytest.raises(ValueError):
-        build_method("sance", 4, "small", None, online_background="saliency")

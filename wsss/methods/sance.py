@@ -378,11 +378,8 @@ class SANCE(_ContourMethod):
     branch), `online_start` the training progress from which online labels supervise (the paper
     starts from ImageNet weights; our segmentation head starts random, so its online labels wait
     for the first 10% of training), `seed_priority` (confident CAM seed pixels overrule the online
-    labels of both branches; off in the paper), `online_background` ("walk": the constant tau_b
-    decides background everywhere, as Eq. 7; "seed": the online labels' background is kept only where
-    the CAM seed is background too, elsewhere ignored, so an object part the segmentation map misses
-    is not taught as background), `snapshot_indices` training images whose online labels are kept
-    for display.
+    labels of both branches; off in the paper), `snapshot_indices` training images whose online labels are
+    kept for display.
     """
 
     name = "sance"
@@ -392,7 +389,7 @@ class SANCE(_ContourMethod):
     def __init__(self, num_classes: int, backbone: Backbone, *, refine: str | None = "crf",
                  refine_for: Sequence[str] = ("contour",), online_radius: float = 3.0, online_power: float = 10.0,
                  online_steps: int = 8, online_log2_steps: bool = False, online_bg: float = 0.5,
-                 online_start: float = 0.1, seed_priority: bool = False, online_background: str = "walk",
+                 online_start: float = 0.1, seed_priority: bool = False,
                  aspp_rates: Sequence[int] = (1, 3, 6, 9), snapshot_indices: Sequence[int] = (0, 1, 2, 3),
                  **options: Any) -> None:
         super().__init__(num_classes, backbone, **options)
@@ -401,10 +398,7 @@ class SANCE(_ContourMethod):
                              + (" (use method 'sance_sal' for saliency)" if refine == "saliency" else ""))
         if not set(refine_for) <= {"contour", "seg"}:
             raise ValueError(f"refine_for takes 'contour' and/or 'seg', got {refine_for!r}")
-        if online_background not in ("walk", "seed"):
-            raise ValueError(f"online_background must be 'walk' or 'seed', got {online_background!r}")
         self.refine, self.refine_for = refine, tuple(refine_for)
-        self.online_background = online_background
         self.online = Propagation(online_radius, online_power, online_steps, online_log2_steps)
         self.online_bg, self.online_start, self.seed_priority = online_bg, online_start, seed_priority
         self.seg = ASPP(backbone.out_channels, num_classes + 1, aspp_rates)
@@ -434,8 +428,6 @@ class SANCE(_ContourMethod):
                 y_r = refine_labels(y_b, self._background(batch, seg_prob, size)) if self.refine else y_b
                 if self.seed_priority:  # confident CAM seeds overrule the online labels
                     y_b, y_r = (torch.where((seed != IGNORE_INDEX) & (y != IGNORE_INDEX), seed, y) for y in (y_b, y_r))
-                if self.online_background == "seed":  # background only where the CAM seed agrees
-                    y_b, y_r = (y.masked_fill((y == 0) & (seed != 0), IGNORE_INDEX) for y in (y_b, y_r))
             losses["contour_online"] = contour_loss(affinity, self.loss_offsets,
                                                     y_r if "contour" in self.refine_for else y_b)
             losses["seg_online"] = segmentation_loss(seg_logits, y_r if "seg" in self.refine_for else y_b)
