@@ -346,12 +346,18 @@ def test_contour_mass_inside_line_through_object_middle():
     assert r["share_boundary"] == pytest.approx(4 / 7.5)
     assert r["share_background"] == pytest.approx(0.5 / 7.5)
     assert r["intra_object_pixels"] == 3 and r["inside_pixels"] == 9
+    # depth profile: (4, 3) and (4, 5) lie 2 px from the ring, (4, 4) 3 px
+    deep = contour_mass_inside(prob, lab, band_px=1, depths_px=(1, 2, 3))
+    assert deep["share_inside_beyond_1px"] == pytest.approx(3 / 7.5)
+    assert deep["share_inside_beyond_2px"] == pytest.approx(1 / 7.5)
+    assert deep["share_inside_beyond_3px"] == 0.0
 
-    meter = ContourMassMeter(band_px=1)
+    meter = ContourMassMeter(band_px=1, depths_px=(2,))
     meter.update(prob, lab)
     meter.update(np.zeros_like(prob), lab)  # no mass: shares unchanged
     s = meter.scores()
     assert s["share_inside"] == pytest.approx(0.4) and s["intra_object_pixels"] == 3 and s["n_images"] == 2
+    assert s["share_inside_beyond_2px"] == pytest.approx(1 / 7.5)
     assert math.isnan(contour_mass_inside(np.zeros_like(prob), lab)["share_inside"])
 
 

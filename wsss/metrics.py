@@ -498,6 +498,7 @@ def contour_mass_inside(
     band_px: float = 2,
     threshold: float = 0.5,
     ignore_index: int | None = IGNORE_INDEX,
+    depths_px: Sequence[float] = (),
 ) -> dict[str, float]:
     """Where the predicted contour mass lies: inside objects, on true boundaries, or in background.
 
@@ -509,24 +510,25 @@ def contour_mass_inside(
 
     Returns the summed contour_prob per region (mass_*), the total, their shares (share_*, NaN when
     the total is 0), `intra_object_pixels` (inside pixels with prob >= threshold) and the region
-    sizes. `ContourMassMeter` sums these over a dataset.
+    sizes; for each d of `depths_px`, `share_inside_beyond_<d>px`: the share of the mass on object
+    pixels farther than d px from a boundary, which tells the fringe of a blurred true contour
+    (just past the band) from edges deep inside objects. `ContourMassMeter` sums these over a dataset.
     """
-    c = _contour_mass_counts(contour_prob, label_map, band_px, threshold, ignore_index)
-    return _contour_mass_scores(c)
+    c = _contour_mass_counts(contour_prob, label_map, band_px, threshold, ignore_index, depths_px)
+    return _contour_mass_scores(c, depths_px)
 
 
 def _contour_mass_counts(
-    contour_prob: np.ndarray, label_map: np.ndarray, band_px: float, threshold: float, ignore_index: int | None
+    contour_prob: np.ndarray, label_map: np.ndarray, band_px: float, threshold: float, ignore_index: int | None,
+    depths_px: Sequence[float] = (),
 ) -> np.ndarray:
     prob = np.asarray(contour_prob, dtype=np.float64)
     lab = np.asarray(label_map)
     if prob.shape != lab.shape:
         raise ValueError(f"contour map shape {prob.shape} differs from label map shape {lab.shape}")
     gtb = gt_boundaries(lab, ignore_index)
-    if gtb.any():
-        on_boundary = _distance_to(gtb) <= band_px + _DIST_EPS
-    else:
-        on_boundary = np.zeros(lab.shape, dtype=bool)
+    dist = _distance_to(gtb) if gtb.any() else np.full(lab.shape, np.inf)
+    on_boundary = dist <= band_px + _DIST_EPS
     ign = lab == ignore_index if ignore_index is not None else np.zeros(lab.shape, dtype=bool)
     inside = ~on_boundary & (lab != 0) & ~ign
     background = ~on_boundary & (lab == 0)
@@ -540,15 +542,17 @@ def _contour_mass_counts(
             np.count_nonzero(inside),
             np.count_nonzero(on_boundary),
             np.count_nonzero(background),
+            *(prob[inside & (dist > d + _DIST_EPS)].sum() for d in depths_px),
         ],
         dtype=np.float64,
     )
 
 
-def _contour_mass_scores(c: np.ndarray) -> dict[str, float]:
+def _contour_mass_scores(c: np.ndarray, depths_px: Sequence[float] = ()) -> dict[str, float]:
     total = c[3]
     share = (lambda m: float(m / total)) if total > 0 else (lambda m: float("nan"))
     return {
+        **{f"share_inside_beyond_{d:g}px": share(m) for d, m in zip(depths_px, c[8:])},
         "mass_inside": float(c[0]),
         "mass_boundary": float(c[1]),
         "mass_background": float(c[2]),
@@ -566,19 +570,22 @@ def _contour_mass_scores(c: np.ndarray) -> dict[str, float]:
 class ContourMassMeter:
     """Dataset-level `contour_mass_inside`: masses and pixel counts summed over images."""
 
-    def __init__(self, band_px: float = 2, threshold: float = 0.5, ignore_index: int | None = IGNORE_INDEX) -> None:
+    def __init__(self, band_px: float = 2, threshold: float = 0.5, ignore_index: int | None = IGNORE_INDEX,
+                 depths_px: Sequence[float] = ()) -> None:
         self.band_px = band_px
         self.threshold = threshold
         self.ignore_index = ignore_index
-        self.counts = np.zeros(8, dtype=np.float64)
+        self.depths_px = tuple(depths_px)
+        self.counts = np.zeros(8 + len(self.depths_px), dtype=np.float64)
         self.n_images = 0
 
     def update(self, contour_prob: np.ndarray, label_map: np.ndarray) -> None:
-        self.counts += _contour_mass_counts(contour_prob, label_map, self.band_px, self.threshold, self.ignore_index)
+        self.counts += _contour_mass_counts(contour_prob, label_map, self.band_px, self.threshold, self.ignore_index,
+                                            self.depths_px)
         self.n_images += 1
 
     def scores(self) -> dict[str, float]:
-        return {**_contour_mass_scores(self.counts), "n_images": self.n_images}
+        return {**_contour_mass_scores(self.counts, self.depths_px), "n_images": self.n_images}
 
 
 # --------------------------------------------------------------------------------------------

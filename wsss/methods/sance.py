@@ -634,19 +634,25 @@ def propagated_pseudo_labels(experiment: Any, split: str, params: PseudoLabelPar
 
 # ---------------------------------------------------------------------------------- contour quality
 
+# Depths past which contour mass inside objects is reported too: one and two cells of the
+# 1/4-resolution contour map at scale 1, i.e. past the blur of a true contour.
+INSIDE_DEPTHS_PX: tuple[float, ...] = (4.0, 8.0)
+
 
 @torch.no_grad()
 def contour_scores(experiment: Any, split: str | None = None, scales: Sequence[float] = (1.0,),
                    flip: bool = True) -> dict[str, Any]:
     """Contour F-measure (ODS/OIS) and where the contour mass lies (inside objects, on boundaries,
-    in background), contour maps upsampled to image resolution against the GT label boundaries.
-    Cached per split and scales."""
+    in background; inside also beyond `INSIDE_DEPTHS_PX`), contour maps upsampled to image
+    resolution against the GT label boundaries. Cached per split and scales."""
     split = split or experiment.config.eval_split
     path = experiment.run_dir / f"contours_{split}_{scales_tag(scales, flip)}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        cached = json.loads(path.read_text())
+        if all(f"share_inside_beyond_{d:g}px" in cached for d in INSIDE_DEPTHS_PX):
+            return cached
     method, device = experiment.trained_method(), experiment.device
-    fmeter, mass = ContourFMeter(), ContourMassMeter()
+    fmeter, mass = ContourFMeter(), ContourMassMeter(depths_px=INSIDE_DEPTHS_PX)
     for group in size_grouped_batches(experiment.dataset(split)):
         images = torch.stack([s["image"] for s in group]).to(device)
         boundary = F.interpolate(tta_maps(method, images, scales, flip)[:, :1], size=images.shape[-2:],
