@@ -221,3 +221,23 @@ def test_pseudo_mask_background_cutoff_and_image_sigma():
     assert not torch.allclose(a, spr_affinity(image, probs, 0.8, (1, 2)))
     with pytest.raises(ValueError):
         spr_affinity(image, probs, 0.8, (1, 2), sigma="global")
+
+
+def test_spr_semantic_term_on_decoder_scores_leaves_background_to_colour() -> None:
+    """Eq. 5 compares class scores: the constant background score gives the background channel the
+    colour kernel alone (at weight alpha), while object channels follow their score differences."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 8, 8)
+    scores = torch.cat([torch.ones(1, 1, 8, 8), 3 * torch.randn(1, 2, 8, 8)], dim=1)
+    a = spr_affinity(image, scores, alpha=0.8, dilations=(1, 2))
+    colour = spr_affinity(image, scores, alpha=1.0, dilations=(1, 2))
+    tempered = (0.8 * colour.log()).softmax(dim=2)  # the colour kernel at weight 0.8
+    assert torch.allclose(a[:, :1], tempered, atol=1e-5)
+    assert colour.shape[1] == 1 and not torch.allclose(a[:, 1:], tempered.expand_as(a[:, 1:]), atol=1e-3)
+    # the method refines probabilities but compares scores unless told otherwise
+    m = build_method("shape_cues", 2, "small", backbone_init=None)
+    assert torch.equal(m.semantic_maps(scores), scores)
+    probs = build_method("shape_cues", 2, "small", backbone_init=None, spr_semantics="probs").semantic_maps(scores)
+    assert torch.allclose(probs, scores.softmax(dim=1))
+    with pytest.raises(ValueError):
+        build_method("shape_cues", 2, "small", backbone_init=None, spr_semantics="logits")

@@ -50,6 +50,9 @@ from wsss.methods.sance import at_size, cam_experiment
 from wsss.models.backbones import Backbone
 from wsss.refine.spr import DILATIONS, propagate, pseudo_mask, shifted_stack, spr, spr_affinity
 
+# What SPR's semantic term compares (Eq. 5's s^c): the decoder's class scores, or its probabilities.
+SPR_SEMANTICS: tuple[str, ...] = ("scores", "probs")
+
 # The rows of the paper's Table 5: (name, scm, spr).
 ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
     ("baseline", False, False), ("+SPR", False, True), ("+SCM", True, False), ("+SCM +SPR", True, True))
@@ -247,7 +250,10 @@ class ShapeCues(WSSSMethod):
     """Options: `scm`, `spr` (ablation switches), SCM hyper-parameters (`scm_radius`, `scm_samples`,
     `scm_bandwidth`, `scm_tau`, `scm_drop_rate`, `scm_stage`), SPR ones (`alpha`, `spr_dilations`,
     `spr_iterations`, `cutoff`, `floor`, `bg_cutoff` (SSSS: 0.7 for the background), `spr_sigma`
-    ("window" or "image": how the semantic term is scaled)), focal mask penalty (`size_penalty`,
+    ("window" or "image": how the semantic term is scaled), `spr_semantics` ("scores": the
+    decoder's class scores, as Eq. 5 writes it, so the constant background score leaves the
+    background channel with colour affinities alone; "probs": the softmax probabilities)), focal
+    mask penalty (`size_penalty`,
     `focal_power`, `focal_lam`), region loss (`region_radius`, `margin`), network widths
     (`width`, None = from the backbone), `aspp_rates` (None = DeepLabV3's (6, 12, 18) at output
     stride 16, (2, 4, 6) on the small backbone's 12-cell maps), `mask_start` and `backbone_init`."""
@@ -255,7 +261,8 @@ class ShapeCues(WSSSMethod):
     name = "shape_cues"
 
     def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
-                 alpha: float = 0.8, spr_sigma: str = "window", spr_dilations: Sequence[int] = DILATIONS,
+                 alpha: float = 0.8, spr_sigma: str = "window", spr_semantics: str = "scores",
+                 spr_dilations: Sequence[int] = DILATIONS,
                  spr_iterations: int = 10,
                  cutoff: float = 0.6, floor: float = 0.2, region_radius: int = 3, margin: float = 3.0,
                  scm_radius: int = 7, scm_samples: int = 9, scm_bandwidth: float = 1.0, scm_tau: float = 0.5,
@@ -269,8 +276,10 @@ class ShapeCues(WSSSMethod):
             raise ValueError(f"backbone_init must be None or 'cam', got {backbone_init!r}")
         if not 0.0 <= mask_start <= 1.0:
             raise ValueError(f"mask_start must lie in [0, 1], got {mask_start}")
+        if spr_semantics not in SPR_SEMANTICS:
+            raise ValueError(f"spr_semantics must be one of {SPR_SEMANTICS}, got {spr_semantics!r}")
         self.alpha = alpha if spr else 1.0  # without SPR: the colour-only refinement (PAMR)
-        self.spr_sigma = spr_sigma
+        self.spr_sigma, self.spr_semantics = spr_sigma, spr_semantics
         self.spr_dilations, self.spr_iterations = tuple(spr_dilations), spr_iterations
         self.cutoff, self.floor = cutoff, floor
         self.region_radius, self.margin = region_radius, margin
@@ -340,10 +349,15 @@ class ShapeCues(WSSSMethod):
 
     # ------------------------------------------------------------------ training
 
+    def semantic_maps(self, scores: torch.Tensor) -> torch.Tensor:
+        """What SPR's semantic term compares, from the decoder's (B, 1 + K, h, w) scores."""
+        return scores.float() if self.spr_semantics == "scores" else scores.float().softmax(dim=1)
+
     @torch.no_grad()
-    def online_pseudo_masks(self, images: torch.Tensor, probs: torch.Tensor, label: torch.Tensor,
+    def online_pseudo_masks(self, images: torch.Tensor, scores: torch.Tensor, label: torch.Tensor,
                             valid: torch.Tensor | None = None) -> torch.Tensor:
-        """SPR of background + present classes, then thresholded: (B, h, w) with IGNORE_INDEX.
+        """SPR of the decoder's probabilities over background + present classes (from its scores
+        (B, 1 + K, h, w)), then thresholded: (B, h, w) with IGNORE_INDEX.
 
         Only the present channels are refined (absent ones are zero and stay zero): they are
         gathered into the first n = max present count channels, which cuts SPR's cost ~K/n-fold."""
@@ -351,9 +365,11 @@ class ShapeCues(WSSSMethod):
         n = int(present.sum(dim=1).max())
         channels = present.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n)
         kept = present.gather(1, channels)[..., None, None]
-        compact = probs.float().gather(1, channels[..., None, None].expand(-1, -1, *probs.shape[-2:])) * kept
-        small = F.adaptive_avg_pool2d(images.float(), probs.shape[-2:])
-        refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma)
+        index = channels[..., None, None].expand(-1, -1, *scores.shape[-2:])
+        compact = scores.float().softmax(dim=1).gather(1, index) * kept
+        semantics = self.semantic_maps(scores).gather(1, index)
+        small = F.adaptive_avg_pool2d(images.float(), scores.shape[-2:])
+        refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma, semantics)
         labels = pseudo_mask(refined, valid, self.cutoff, self.floor, self.bg_cutoff)
         ignored = labels == IGNORE_INDEX
         return channels.gather(1, labels.masked_fill(ignored, 0).flatten(1)).view_as(labels).masked_fill(ignored,
@@ -370,7 +386,7 @@ class ShapeCues(WSSSMethod):
         losses = {"cls": classification_loss(image_scores[:, 1:], batch["label"])}
         complete = log_probs.new_zeros(())
         if progress >= self.mask_start:
-            labels = self.online_pseudo_masks(batch["image"], probs.detach(), batch["label"], valid)
+            labels = self.online_pseudo_masks(batch["image"], scores.detach(), batch["label"], valid)
             whole = complete_masks(labels, batch["label"])
             labels = labels.masked_fill(~whole[:, None, None], IGNORE_INDEX)
             complete = whole.float().mean()
@@ -434,11 +450,13 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
         model.scm.train()
         out["sampled_keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
         model.scm.eval()
-    probs = model.probabilities(x)
+    scores = model.scores(x).float()
+    probs = scores.softmax(dim=1)
     present = torch.cat([label.new_ones(1), label]).to(probs)[None, :, None, None]
     small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
     fg = probs * present
-    affinity = spr_affinity(small, fg, model.alpha, model.spr_dilations, sigma=model.spr_sigma)
+    affinity = spr_affinity(small, model.semantic_maps(scores), model.alpha, model.spr_dilations,
+                            sigma=model.spr_sigma)
     steps = propagate(fg, affinity, model.spr_dilations, model.spr_iterations)
     out["probs"] = probs[0].cpu().numpy()
     out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
@@ -454,13 +472,13 @@ def spr_seconds_per_batch(model: ShapeCues, dataset, batch_size: int = 16, repea
     samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
     images = torch.stack([s["image"] for s in samples]).to(device)
     labels = torch.stack([s["label"] for s in samples]).to(device)
-    probs = model.probabilities(images)
+    scores = model.scores(images).float()
     times = []
     for _ in range(repeats):
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        model.online_pseudo_masks(images, probs, labels)
+        model.online_pseudo_masks(images, scores, labels)
         if torch.device(device).type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)

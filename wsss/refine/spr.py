@@ -10,9 +10,10 @@ one softmax). The kernel of class c mixes colour and class-score differences:
 with sigma the standard deviation of the 3x3 window at that dilation and the colour term averaged
 over RGB. The paper prints sigma^2 but equates alpha = 1 with PAMR (SSSS's refinement), whose kernel
 is |dx| / (0.1 sigma); we use PAMR's scaling (beta = 0.1), so alpha = 1 is exactly PAMR. The
-semantic term uses the probabilities m being refined (not the raw scores): the constant background
-score would otherwise get no semantic affinity at all. Affinities are computed once and applied
-T times. Everything is unfold / tensor algebra: no loops over pixels.
+semantic term compares the class scores s of Eq. 5 (`scores`; by default the maps m being
+refined). Shape cues passes its decoder's scores, whose constant background score leaves the
+background channel with colour affinities alone. Affinities are computed once and applied T
+times. Everything is unfold / tensor algebra: no loops over pixels.
 """
 from __future__ import annotations
 
@@ -67,23 +68,24 @@ def local_neighbours(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> t
     return torch.cat([_windows(x, d)[:, :, _NEIGHBOURS] for d in dilations], dim=2)
 
 
-def spr_affinity(image: torch.Tensor, probs: torch.Tensor, alpha: float = 0.8,
+def spr_affinity(image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8,
                  dilations: Sequence[int] = DILATIONS, beta: float = 0.1, sigma: str = "window") -> torch.Tensor:
     """delta^c_{j->i} (Eq. 5 and its local softmax): (B, C, P, H, W), summing to 1 over P.
 
-    image (B, 3, H, W) at the resolution of probs (B, C, H, W). With alpha = 1 the affinity is
-    the same for every class (pure colour refinement, PAMR). `sigma` scales the semantic term:
-    "window" by the local window's standard deviation (as the colour term), "image" by the
-    class map's standard deviation over the image (Eq. 5's per-class sigma_s^c)."""
+    image (B, 3, H, W) at the resolution of the class maps `scores` (B, C, H, W) of the semantic
+    term. With alpha = 1 the affinity is the same for every class (pure colour refinement, PAMR).
+    `sigma` scales the semantic term: "window" by the local window's standard deviation (as the
+    colour term), "image" by the class map's standard deviation over the image (Eq. 5's per-class
+    sigma_s^c)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     if sigma not in SIGMAS:
         raise ValueError(f"sigma must be one of {SIGMAS}, got {sigma!r}")
-    if image.shape[-2:] != probs.shape[-2:] or image.shape[0] != probs.shape[0]:
-        raise ValueError(f"image {tuple(image.shape)} and scores {tuple(probs.shape)} must share batch and size")
+    if image.shape[-2:] != scores.shape[-2:] or image.shape[0] != scores.shape[0]:
+        raise ValueError(f"image {tuple(image.shape)} and scores {tuple(scores.shape)} must share batch and size")
     kernel = -alpha * local_differences(image.float(), dilations).mean(dim=1, keepdim=True) / beta
     if alpha < 1.0:
-        m = probs.float()
+        m = scores.float()
         scale = m.flatten(2).std(dim=2)[..., None, None] if sigma == "image" else None
         kernel = kernel - (1.0 - alpha) * local_differences(m, dilations, scale) / beta
     return kernel.softmax(dim=2)
@@ -100,9 +102,11 @@ def propagate(probs: torch.Tensor, affinity: torch.Tensor, dilations: Sequence[i
 
 @torch.no_grad()
 def spr(probs: torch.Tensor, image: torch.Tensor, alpha: float = 0.8, dilations: Sequence[int] = DILATIONS,
-        iterations: int = 10, sigma: str = "window") -> torch.Tensor:
-    """Refined scores m_T (B, C, H, W) of probs (B, C, H, W) guided by image (B, 3, H, W)."""
-    return propagate(probs, spr_affinity(image, probs, alpha, dilations, sigma=sigma), dilations, iterations)[-1]
+        iterations: int = 10, sigma: str = "window", scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Refined maps m_T (B, C, H, W) of probs (B, C, H, W) guided by image (B, 3, H, W) and, in
+    the semantic term, by `scores` (B, C, H, W; None: probs)."""
+    affinity = spr_affinity(image, probs if scores is None else scores, alpha, dilations, sigma=sigma)
+    return propagate(probs, affinity, dilations, iterations)[-1]
 
 
 def pseudo_mask(refined: torch.Tensor, valid: torch.Tensor | None = None, cutoff: float = 0.6,
