@@ -236,8 +236,9 @@ def test_spr_semantic_term_on_decoder_scores_leaves_background_to_colour() -> No
     assert colour.shape[1] == 1 and not torch.allclose(a[:, 1:], tempered.expand_as(a[:, 1:]), atol=1e-3)
     # the method refines probabilities but compares scores unless told otherwise
     m = build_method("shape_cues", 2, "small", backbone_init=None)
-    assert torch.equal(m.semantic_maps(scores), scores)
-    probs = build_method("shape_cues", 2, "small", backbone_init=None, spr_semantics="probs").semantic_maps(scores)
+    assert torch.equal(m.semantic_maps(scores, scores.softmax(dim=1)), scores)
+    probs = build_method("shape_cues", 2, "small", backbone_init=None,
+                         spr_semantics="probs").semantic_maps(scores, scores.softmax(dim=1))
     assert torch.allclose(probs, scores.softmax(dim=1))
     with pytest.raises(ValueError):
         build_method("shape_cues", 2, "small", backbone_init=None, spr_semantics="logits")

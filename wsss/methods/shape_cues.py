@@ -254,8 +254,7 @@ class ShapeCues(WSSSMethod):
     ("window" or "image": how the semantic term is scaled), `spr_semantics` ("scores": the
     decoder's class scores, as Eq. 5 writes it, so the constant background score leaves the
     background channel with colour affinities alone; "probs": the softmax probabilities)), focal
-    mask penalty (`size_penalty`,
-    `focal_power`, `focal_lam`), region loss (`region_radius`, `margin`), network widths
+    mask penalty (`size_penalty`, `focal_power`, `focal_lam`), region loss (`region_radius`, `margin`), network widths
     (`width`, None = from the backbone), `aspp_rates` (None = DeepLabV3's (6, 12, 18) at output
     stride 16, (2, 4, 6) on the small backbone's 12-cell maps), `mask_start` and `backbone_init`."""
 
@@ -263,8 +262,7 @@ class ShapeCues(WSSSMethod):
 
     def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
                  alpha: float = 0.8, spr_sigma: str = "window", spr_semantics: str = "scores",
-                 spr_dilations: Sequence[int] = DILATIONS,
-                 spr_iterations: int = 10,
+                 spr_dilations: Sequence[int] = DILATIONS, spr_iterations: int = 10,
                  cutoff: float = 0.6, floor: float = 0.2, region_radius: int = 3, margin: float = 3.0,
                  scm_radius: int = 7, scm_samples: int = 9, scm_bandwidth: float = 1.0, scm_tau: float = 0.5,
                  scm_drop_rate: float = 1.5, scm_stage: int = 0, width: int | None = None,
@@ -350,9 +348,9 @@ class ShapeCues(WSSSMethod):
 
     # ------------------------------------------------------------------ training
 
-    def semantic_maps(self, scores: torch.Tensor) -> torch.Tensor:
-        """What SPR's semantic term compares, from the decoder's (B, 1 + K, h, w) scores."""
-        return scores.float() if self.spr_semantics == "scores" else scores.float().softmax(dim=1)
+    def semantic_maps(self, scores: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """What SPR's semantic term compares: the decoder's (B, 1 + K, h, w) scores or their softmax."""
+        return scores if self.spr_semantics == "scores" else probs
 
     @torch.no_grad()
     def online_pseudo_masks(self, images: torch.Tensor, scores: torch.Tensor, label: torch.Tensor,
@@ -367,8 +365,10 @@ class ShapeCues(WSSSMethod):
         channels = present.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n)
         kept = present.gather(1, channels)[..., None, None]
         index = channels[..., None, None].expand(-1, -1, *scores.shape[-2:])
-        compact = scores.float().softmax(dim=1).gather(1, index) * kept
-        semantics = self.semantic_maps(scores).gather(1, index)
+        scores = scores.float()
+        probs = scores.softmax(dim=1)
+        compact = probs.gather(1, index) * kept
+        semantics = self.semantic_maps(scores, probs).gather(1, index)
         small = F.adaptive_avg_pool2d(images.float(), scores.shape[-2:])
         refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma, semantics)
         labels = pseudo_mask(refined, valid, self.cutoff, self.floor, self.bg_cutoff)
@@ -456,7 +456,7 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
     present = torch.cat([label.new_ones(1), label]).to(probs)[None, :, None, None]
     small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
     fg = probs * present
-    affinity = spr_affinity(small, model.semantic_maps(scores), model.alpha, model.spr_dilations,
+    affinity = spr_affinity(small, model.semantic_maps(scores, probs), model.alpha, model.spr_dilations,
                             sigma=model.spr_sigma)
     steps = propagate(fg, affinity, model.spr_dilations, model.spr_iterations)
     out["probs"] = probs[0].cpu().numpy()
