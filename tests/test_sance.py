@@ -11,6 +11,7 @@ from wsss.methods.base import build_method
 from wsss.methods.sance import (
     PseudoLabelParams,
     Propagation,
+    at_size,
     contour_loss,
     online_labels,
     refine_labels,
@@ -230,11 +231,36 @@ def test_one_training_step(name: str, options: dict) -> None:
     assert set(losses) == keys and all(torch.isfinite(v) for v in losses.values())
     losses["loss"].backward()
     opt.step()
-    for part in ("backbone", "contour") + (("seg",) if name == "sance" else ()):
+    # The contour loss stops at the (detached) backbone features: only SANCE's segmentation loss
+    # trains the backbone; the baseline's stays as the CAM network left it.
+    parts = ("contour", "seg", "backbone") if name == "sance" else ("contour",)
+    for part in parts:
         moved = [not torch.equal(p, before[n]) for n, p in m.named_parameters() if n.startswith(part)]
         assert any(moved), f"{part} got no update"
+    if name == "irn_contour":
+        assert all(torch.equal(p, before[n]) for n, p in m.named_parameters() if n.startswith("backbone"))
     maps = m.maps(_batch()["image"])
     assert maps.shape == (2, 1 + (5 if name == "sance" else 0), 8, 8)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_contour_loss_reaches_the_backbone_only_when_not_detached(detach: bool) -> None:
+    m = build_method("sance", 4, "small", None, backbone_init=None, detach_contour=detach)
+    batch = _batch()
+    _, logits = m._features(batch["image"])
+    seed = at_size(batch["seed_mask"], logits.shape[-2:])
+    contour_loss(m._affinity(torch.sigmoid(logits)), m.loss_offsets, seed).backward()
+    reached = any(p.grad is not None and bool(p.grad.abs().sum() > 0)
+                  for n, p in m.named_parameters() if n.startswith("backbone"))
+    assert reached is not detach
+    assert all(p.grad is not None for p in m.contour.parameters())
+
+
+def test_baseline_backbone_keeps_its_statistics_in_training_mode() -> None:
+    m = build_method("irn_contour", 4, "small", None, backbone_init=None).train()
+    assert m.contour.training and not any(mod.training for mod in m.backbone.modules())
+    m = build_method("irn_contour", 4, "small", None, backbone_init=None, detach_contour=False).train()
+    assert m.backbone.training
 
 
 def test_snapshots_and_online_start() -> None:

@@ -13,6 +13,14 @@ batches as `seed_mask`, augmented with the image (`training_masks`).
   decides background) for the contour branch, the paper's default (Table 4). `refine=None` is
   SANCE-naive. `sance_sal` lets the saliency map decide background instead.
 
+Backbone (`detach_contour`, default on): as in IRNet's code, the contour branch learns on detached
+backbone features, so the contour loss trains the contour branch alone. The baseline's backbone thus
+stays as the CAM network left it (IRNet keeps its ImageNet backbone frozen, BN statistics included);
+SANCE's learns from the segmentation loss only (Eq. 5 names what it optimizes: the segmentation
+branch and the shared backbone), which is how the segmentation branch hands semantics to the
+contours "through shared backbones". `detach_contour=False` lets the contour loss fine-tune the
+backbone as well (notebook 04 reports that contour-only variant beside the baseline).
+
 Seed thresholds follow the CAM run's best background threshold unless given (`seed_thresholds`).
 Final pseudo labels (Sec. 3.3) propagate the segmentation map (SANCE) or the CAM (baseline) with
 the test-time-augmented contour map; the constant background score is chosen by the same
@@ -277,7 +285,7 @@ class _ContourMethod(WSSSMethod):
                  seed_bg: float | None = None,
                  seed_crf: bool = True, loss_radius: float = 10.0, loss_power: float = 1.0,
                  contour_width: int = 32, backbone_init: str | None = "cam",
-                 cam_overrides: dict[str, Any] | None = None) -> None:
+                 cam_overrides: dict[str, Any] | None = None, detach_contour: bool = True) -> None:
         super().__init__(num_classes, backbone)
         if backbone.strides[0] != 4:
             raise ValueError(f"the contour map lives at 1/4 resolution: the first backbone stage must have "
@@ -290,6 +298,7 @@ class _ContourMethod(WSSSMethod):
         self.loss_power = loss_power
         self.backbone_init = backbone_init
         self.cam_overrides = dict(cam_overrides or {})
+        self.detach_contour = detach_contour
         self.contour = ContourBranch(backbone.channels, contour_width)
         # Set once the backbone has been initialized from the CAM run; saved with the model so a
         # trained model is never overwritten.
@@ -329,7 +338,7 @@ class _ContourMethod(WSSSMethod):
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         feats = self.backbone(images)
-        return feats, self.contour(feats)
+        return feats, self.contour([f.detach() for f in feats] if self.detach_contour else feats)
 
     def _affinity(self, boundary: torch.Tensor) -> torch.Tensor:
         """Eq. 2 with the loss radius (one direction of each pair: the affinity is symmetric)."""
@@ -354,6 +363,12 @@ class IRNContour(_ContourMethod):
 
     def new_modules(self) -> list[nn.Module]:
         return [self.contour]
+
+    def train(self, mode: bool = True) -> "IRNContour":
+        super().train(mode)
+        if self.detach_contour:  # no loss reaches the backbone: keep its BN statistics too, as IRNet
+            self.backbone.eval()
+        return self
 
     def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
         _, logits = self._features(batch["image"])
