@@ -164,6 +164,12 @@ def test_method_options_at_their_defaults_name_the_same_run() -> None:
     assert other.config_hash() != plain.config_hash()
     assert other.config_hash() == ExperimentConfig.for_preset("tiny", method="vwl",
                                                               method_options={"num_words": 128}).config_hash()
+    # Defaults of a base class the method forwards **options to count too (SANCE -> contour base).
+    sance = ExperimentConfig.for_preset("tiny", method="sance")
+    assert ExperimentConfig.for_preset("tiny", method="sance", method_options={
+        "detach_contour": True, "loss_radius": 10.0}).config_hash() == sance.config_hash()
+    assert ExperimentConfig.for_preset("tiny", method="sance", method_options={
+        "detach_contour": False}).config_hash() != sance.config_hash()
 
 
 def test_training_under_no_grad_still_learns(tiny_root: Path, tmp_path: Path) -> None:

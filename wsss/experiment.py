@@ -111,10 +111,18 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def method_defaults(method: str) -> dict[str, Any]:
-    """The method's keyword defaults, JSON-normalised (tuples become lists, as in config records)."""
-    params = inspect.signature(method_class(method).__init__).parameters.values()
-    return json.loads(json.dumps({p.name: p.default for p in params if p.default is not inspect.Parameter.empty},
-                                 default=str))
+    """The method's keyword defaults, JSON-normalised (tuples become lists, as in config records),
+    including those of base classes its `__init__` passes `**options` on to (a subclass's own
+    default wins)."""
+    defaults: dict[str, Any] = {}
+    for cls in method_class(method).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.default is not inspect.Parameter.empty:
+                defaults.setdefault(p.name, p.default)
+    return json.loads(json.dumps(defaults, default=str))
 
 
 def code_version() -> str:
