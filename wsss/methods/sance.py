@@ -553,8 +553,8 @@ class PseudoLabelParams:
         resolution (48 cells for 96 px) and the walk's steps are scaled to the map size
         (`walk_steps_for`: t = 5 at 48 cells). The segmentation map stays at the scale it was
         trained on (scale 0.5 would shrink 96 px objects to a few cells). Measured on SynthVOC quick
-        val, SANCE seg map: the paper's settings give 17.6 mIoU, the adapted ones 55.8 (the map
-        without any walk: 52.7)."""
+        val, SANCE seg map (contour loss still tuning the backbone then): the paper's settings gave
+        17.6 mIoU, the adapted ones 55.8 (the map without any walk: 52.7)."""
         tta = source == "seg" if tta is None else tta
         scales = head_scales((1.0, 0.5, 1.5, 2.0), image_size) if tta else (1.0,)
         if image_size is None or image_size >= SMALL_IMAGE:
