@@ -336,8 +336,11 @@ class _ContourMethod(WSSSMethod):
 
     # ------------------------------------------------------------------ training pieces
 
-    def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        feats = self.backbone(images)
+    def _features(self, images: torch.Tensor, backbone_grad: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Backbone features and contour logits; `backbone_grad=False` skips recording the backbone's
+        graph when no loss will reach it."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_grad):
+            feats = self.backbone(images)
         return feats, self.contour([f.detach() for f in feats] if self.detach_contour else feats)
 
     def _affinity(self, boundary: torch.Tensor) -> torch.Tensor:
@@ -371,7 +374,7 @@ class IRNContour(_ContourMethod):
         return self
 
     def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
-        _, logits = self._features(batch["image"])
+        _, logits = self._features(batch["image"], backbone_grad=not self.detach_contour)
         seed = at_size(batch["seed_mask"], logits.shape[-2:])
         loss = contour_loss(self._affinity(torch.sigmoid(logits)), self.loss_offsets, seed)
         return {"loss": loss, "contour_seed": loss.detach()}
