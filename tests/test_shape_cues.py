@@ -20,6 +20,7 @@ from wsss.methods.shape_cues import (
     manhattan_offsets,
     region_loss,
     self_information,
+    spr_alpha_sweep,
 )
 from wsss.refine.spr import propagate, pseudo_mask, spr, spr_affinity
 
@@ -242,3 +243,28 @@ def test_spr_semantic_term_on_decoder_scores_leaves_background_to_colour() -> No
     assert torch.allclose(probs, scores.softmax(dim=1))
     with pytest.raises(ValueError):
         build_method("shape_cues", 2, "small", backbone_init=None, spr_semantics="logits")
+
+
+def test_alpha_sweep_colour_pulls_an_overshoot_back_and_semantics_keep_it() -> None:
+    """A decoder whose class reaches 2 cells past a colour edge: colour-only refinement (alpha = 1)
+    moves those cells back to the background, the semantic term (alpha = 0.8) anchors them to the
+    prediction, where they end up unsure rather than corrected."""
+    model = build_method("shape_cues", 1, "small", scm=False, backbone_init=None).eval()
+
+    def overshooting_scores(images: torch.Tensor) -> torch.Tensor:
+        s = torch.full((images.shape[0], 2, 16, 16), -3.0)
+        s[:, 0] = 1.0
+        s[:, 1, :, :10] = 3.0
+        return s
+
+    model.scores = overshooting_scores
+    image = torch.full((3, 64, 64), -1.0)
+    image[:, :, :32] = 1.0
+    mask = torch.zeros(64, 64, dtype=torch.long)
+    mask[:, :32] = 1
+    rows = spr_alpha_sweep(model, [{"image": image, "label": torch.ones(1), "mask": mask}] * 3, alphas=(1.0, 0.8),
+                           batch_size=2)
+    colour, semantic = rows
+    assert colour["alpha"] == 1.0 and colour["miou"] == 1.0 and colour["labelled"] == 1.0
+    assert colour["changed"] == pytest.approx(2 / 16)
+    assert semantic["changed"] == 0.0 and semantic["labelled"] == pytest.approx(14 / 16)

@@ -47,6 +47,7 @@ from wsss.inference import head_scales, multiscale_maps, scales_tag, size_groupe
 from wsss.io import IGNORE_INDEX, save_label_png
 from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
 from wsss.methods.sance import at_size, cam_experiment
+from wsss.metrics import ConfusionMeter
 from wsss.models.backbones import Backbone
 from wsss.refine.spr import DILATIONS, propagate, pseudo_mask, shifted_stack, spr, spr_affinity
 
@@ -354,9 +355,10 @@ class ShapeCues(WSSSMethod):
 
     @torch.no_grad()
     def online_pseudo_masks(self, images: torch.Tensor, scores: torch.Tensor, label: torch.Tensor,
-                            valid: torch.Tensor | None = None) -> torch.Tensor:
+                            valid: torch.Tensor | None = None, alpha: float | None = None) -> torch.Tensor:
         """SPR of the decoder's probabilities over background + present classes (from its scores
-        (B, 1 + K, h, w)), then thresholded: (B, h, w) with IGNORE_INDEX.
+        (B, 1 + K, h, w)), then thresholded: (B, h, w) with IGNORE_INDEX. `alpha` overrides the
+        model's balance (the Table 6 sweep).
 
         Only the present channels are refined (absent ones are zero and stay zero): they are
         gathered into the first n = max present count channels, which cuts SPR's cost ~K/n-fold."""
@@ -370,7 +372,7 @@ class ShapeCues(WSSSMethod):
         compact = probs.gather(1, index) * kept
         semantics = self.semantic_maps(scores, probs).gather(1, index)
         small = F.adaptive_avg_pool2d(images.float(), scores.shape[-2:])
-        refined = spr(compact, small, self.alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma, semantics)
+        refined = spr(compact, small, self.alpha if alpha is None else alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma, semantics)
         labels = pseudo_mask(refined, valid, self.cutoff, self.floor, self.bg_cutoff)
         ignored = labels == IGNORE_INDEX
         return channels.gather(1, labels.masked_fill(ignored, 0).flatten(1)).view_as(labels).masked_fill(ignored,
@@ -464,6 +466,41 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
     out["pseudo"] = pseudo_mask(steps[-1], None, model.cutoff, model.floor, model.bg_cutoff)[0].cpu().numpy()
     out["prediction"] = fg.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy()
     return out
+
+
+# Table 6's balances: colour only (PAMR) down to class scores only.
+ALPHA_SWEEP: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0)
+
+
+@torch.no_grad()
+def spr_alpha_sweep(model: ShapeCues, dataset, alphas: Sequence[float] = ALPHA_SWEEP, batch_size: int = 16,
+                    limit: int | None = None, device: str | torch.device = "cpu") -> list[dict[str, float]]:
+    """The paper's Table 6 "train-pseudo" row with the network held fixed: the online pseudo masks
+    that SPR at each alpha makes from this model's decoder on `dataset` (its first `limit` images),
+    scored against the ground truth at the decoder's resolution. Per alpha: `miou` over the pixels
+    the masks label, `labelled` (their share of the non-ignored pixels) and `changed` (the share of
+    labelled pixels whose pseudo label differs from the decoder's own argmax over the present
+    classes: how much correction the masks carry back into training)."""
+    k = model.classifier.out_channels + 1
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    meters = {a: ConfusionMeter(k) for a in alphas}
+    counts = {a: np.zeros(3) for a in alphas}  # labelled, changed, non-ignored ground truth
+    for start in range(0, n, batch_size):
+        samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        images = torch.stack([s["image"] for s in samples]).to(device)
+        labels = torch.stack([s["label"] for s in samples]).to(device)
+        scores = model.scores(images).float()
+        gt = F.interpolate(torch.stack([torch.as_tensor(s["mask"]) for s in samples])[:, None].float(),
+                           size=scores.shape[-2:], mode="nearest")[:, 0].to(torch.int64).numpy()
+        present = torch.cat([labels.new_ones(len(samples), 1), labels], dim=1)[..., None, None] > 0.5
+        argmax = scores.masked_fill(~present, -torch.inf).argmax(dim=1).cpu().numpy()
+        for a in alphas:
+            pseudo = model.online_pseudo_masks(images, scores, labels, alpha=a).cpu().numpy()
+            labelled = (pseudo != IGNORE_INDEX) & (gt != IGNORE_INDEX)
+            meters[a].update(pseudo, np.where(labelled, gt, IGNORE_INDEX))
+            counts[a] += [labelled.sum(), (labelled & (pseudo != argmax)).sum(), (gt != IGNORE_INDEX).sum()]
+    return [{"alpha": a, "miou": meters[a].scores()["miou"], "labelled": float(counts[a][0] / max(counts[a][2], 1)),
+             "changed": float(counts[a][1] / max(counts[a][0], 1))} for a in alphas]
 
 
 @torch.no_grad()
