@@ -194,6 +194,11 @@ def focal_mask_penalty(probs: torch.Tensor, valid: torch.Tensor | None = None, p
 # ---------------------------------------------------------------------------------- losses
 
 
+def present_with_background(label: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + K) bool: the background channel and the classes of the image label (B, K)."""
+    return torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
+
+
 def complete_masks(labels: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """(B,) True where the pseudo mask (B, h, w) has pixels of the background and of every class
     of the image label (B, K). As in SSSS, whose pipeline the paper follows, only such masks
@@ -201,7 +206,7 @@ def complete_masks(labels: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     trained from scratch that feeds back into an all-background collapse."""
     k = label.shape[1]
     hits = F.one_hot(labels.masked_fill(labels == IGNORE_INDEX, k + 1).flatten(1), k + 2).amax(dim=1)[:, :k + 1]
-    present = torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
+    present = present_with_background(label)
     return ((hits > 0) | ~present).all(dim=1)
 
 
@@ -362,7 +367,7 @@ class ShapeCues(WSSSMethod):
 
         Only the present channels are refined (absent ones are zero and stay zero): they are
         gathered into the first n = max present count channels, which cuts SPR's cost ~K/n-fold."""
-        present = torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
+        present = present_with_background(label)
         n = int(present.sum(dim=1).max())
         channels = present.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n)
         kept = present.gather(1, channels)[..., None, None]
@@ -372,7 +377,8 @@ class ShapeCues(WSSSMethod):
         compact = probs.gather(1, index) * kept
         semantics = self.semantic_maps(scores, probs).gather(1, index)
         small = F.adaptive_avg_pool2d(images.float(), scores.shape[-2:])
-        refined = spr(compact, small, self.alpha if alpha is None else alpha, self.spr_dilations, self.spr_iterations, self.spr_sigma, semantics)
+        refined = spr(compact, small, self.alpha if alpha is None else alpha, self.spr_dilations,
+                      self.spr_iterations, self.spr_sigma, semantics)
         labels = pseudo_mask(refined, valid, self.cutoff, self.floor, self.bg_cutoff)
         ignored = labels == IGNORE_INDEX
         return channels.gather(1, labels.masked_fill(ignored, 0).flatten(1)).view_as(labels).masked_fill(ignored,
@@ -427,7 +433,7 @@ def decoder_masks(model: ShapeCues, images: torch.Tensor, labels: torch.Tensor,
     """(B, H, W) uint8 label maps: argmax of the (scale- and flip-summed) decoder probabilities,
     absent classes excluded; 0 = background, k + 1 = class k."""
     probs = multiscale_maps(model.probabilities, images, scales, flip)
-    present = torch.cat([labels.new_ones(labels.shape[0], 1), labels], dim=1)[..., None, None] > 0.5
+    present = present_with_background(labels)[..., None, None]
     return probs.masked_fill(~present, -1.0).argmax(dim=1).to(torch.uint8).cpu().numpy()
 
 
@@ -455,7 +461,7 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
         model.scm.eval()
     scores = model.scores(x).float()
     probs = scores.softmax(dim=1)
-    present = torch.cat([label.new_ones(1), label]).to(probs)[None, :, None, None]
+    present = present_with_background(label[None]).to(probs)[..., None, None]
     small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
     fg = probs * present
     affinity = spr_affinity(small, model.semantic_maps(scores, probs), model.alpha, model.spr_dilations,
@@ -492,7 +498,7 @@ def spr_alpha_sweep(model: ShapeCues, dataset, alphas: Sequence[float] = ALPHA_S
         scores = model.scores(images).float()
         gt = F.interpolate(torch.stack([torch.as_tensor(s["mask"]) for s in samples])[:, None].float(),
                            size=scores.shape[-2:], mode="nearest")[:, 0].to(torch.int64).numpy()
-        present = torch.cat([labels.new_ones(len(samples), 1), labels], dim=1)[..., None, None] > 0.5
+        present = present_with_background(labels)[..., None, None]
         argmax = scores.masked_fill(~present, -torch.inf).argmax(dim=1).cpu().numpy()
         for a in alphas:
             pseudo = model.online_pseudo_masks(images, scores, labels, alpha=a).cpu().numpy()
