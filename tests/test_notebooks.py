@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import importlib.util
+
 import nbformat
 import pytest
 
 from wsss.runner import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+SOURCES = NOTEBOOKS[0].parent / "src"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -23,6 +26,21 @@ def test_notebook_has_one_parameters_cell(notebook: Path) -> None:
     assert len(tagged) == 1, f"{notebook.name} needs exactly one cell tagged 'parameters'"
     assert "preset" in tagged[0].source, "the demo and the tests pass `preset`"
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_source(notebook: Path, tmp_path: Path) -> None:
+    """notebooks/src/NAME.py is the reviewed source: the notebook must be what build.py makes of it."""
+    spec = importlib.util.spec_from_file_location("build", SOURCES / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    build.build(SOURCES / f"{notebook.stem}.py", tmp_path / notebook.name)
+
+    def cells(path: Path) -> list[tuple[str, str, list[str]]]:
+        return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nbformat.read(path, as_version=4).cells]
+
+    assert cells(notebook) == cells(tmp_path / notebook.name), \
+        f"{notebook.name} differs from notebooks/src/{notebook.stem}.py: edit the source, then run build.py"
 
 
 @pytest.mark.slow
