@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wsss.report import archive_table, read_rows, record
+from wsss.report import archive_table, make_row, read_rows, record
 
 ROW = dict(method="cam", variant="CAM", stage="cam", split="val", bg_threshold=0.05, crf=False, miou=0.14,
            config_hash="abc")
@@ -44,3 +44,18 @@ def test_archiving_starts_an_empty_table_and_keeps_the_old_rows(tmp_path: Path) 
     assert [r["miou"] for r in read_rows(history)] == ["0.14", "0.42"]  # appended, one header
     record([{**ROW, "crf": True}], tmp_path)
     assert [r["crf"] for r in read_rows(tmp_path / "metrics.csv")] == ["True"]
+
+
+def test_rows_carry_the_mean_recall_of_part_and_context_classes() -> None:
+    scores = {**ROW, "recall": {"background": 0.9, "train": 0.2, "boat": 0.4, "horned": 0.5, "tailed": float("nan")}}
+    row = make_row(scores, variant="x", part_classes=["horned", "tailed"], context_classes=["train", "boat"])
+    assert row["part_recall"] == 0.5  # NaN (class absent from the split) left out
+    assert abs(row["context_recall"] - 0.3) < 1e-12
+    assert "context_recall" not in make_row(scores, variant="x")
+
+
+def test_a_new_column_joins_an_older_table(tmp_path: Path) -> None:
+    (tmp_path / "metrics.csv").write_text("method,variant,stage,split,crf,miou\ncam,old,cam,val,False,0.1\n")
+    record([{**ROW, "context_recall": 0.25}], tmp_path)
+    rows = {r["variant"]: r for r in read_rows(tmp_path / "metrics.csv")}
+    assert rows["old"]["context_recall"] == "" and rows["CAM"]["context_recall"] == "0.25"

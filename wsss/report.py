@@ -21,7 +21,7 @@ from wsss.paths import reports_dir
 KEY = ("method", "variant", "stage", "split", "crf")
 COLUMNS = (
     "method", "variant", "stage", "split", "bg_threshold", "crf", "miou", "fg_precision", "fg_recall",
-    "boundary_iou", "context_fp_rate", "part_recall", "contour_f",
+    "boundary_iou", "context_fp_rate", "part_recall", "context_recall", "contour_f",
     "train_s", "images_per_s", "scales", "flip", "seed", "backbone", "data", "config_hash", "config_file",
     "code_version",
 )
@@ -32,17 +32,23 @@ SUMMARY = (("method", "method"), ("variant", "variant"), ("stage", "stage"), ("s
            ("bg_threshold", "thr"), ("crf", "CRF"), ("train_s", "train s"), ("config_hash", "config"))
 
 
-_PERCENT = ("miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "contour_f")
+_PERCENT = ("miou", "fg_precision", "fg_recall", "boundary_iou", "context_fp_rate", "part_recall", "context_recall",
+            "contour_f")
 
 
 def make_row(scores: dict[str, Any], *, variant: str = "", stage: str = "cam",
-             part_classes: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
-    """A report row from evaluation scores (which carry provenance keys) plus `extra` columns."""
+             part_classes: Sequence[str] = (), context_classes: Sequence[str] = (), **extra: Any) -> dict[str, Any]:
+    """A report row from evaluation scores (which carry provenance keys) plus `extra` columns.
+
+    `part_recall` / `context_recall`: the mean recall of the part-defined classes / of the classes
+    that come with a context region (SynthVOC's train and boat). Context FP counts context painted
+    as the object; context recall shows the other half, the object itself lost (to background)."""
     row = {k: scores.get(k) for k in COLUMNS if k in scores}
     recall = scores.get("recall", {})
-    if part_classes and recall:
-        vals = [recall[c] for c in part_classes if c in recall and not _isnan(recall[c])]
-        row["part_recall"] = sum(vals) / len(vals) if vals else None
+    for column, classes in (("part_recall", part_classes), ("context_recall", context_classes)):
+        if classes and recall:
+            vals = [recall[c] for c in classes if c in recall and not _isnan(recall[c])]
+            row[column] = sum(vals) / len(vals) if vals else None
     row.update(variant=variant, stage=stage, **extra)
     return row
 
