@@ -6,9 +6,9 @@ stored ones) is nbval on tests/regression/*.ipynb; refresh those with
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import nbformat
 import pytest
@@ -28,12 +28,18 @@ def test_notebook_has_one_parameters_cell(notebook: Path) -> None:
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_matches_its_source(notebook: Path, tmp_path: Path) -> None:
-    """notebooks/src/NAME.py is the reviewed source: the notebook must be what build.py makes of it."""
+@pytest.fixture(scope="module")
+def build() -> ModuleType:
+    """notebooks/src/build.py, which is a script rather than a package module."""
     spec = importlib.util.spec_from_file_location("build", SOURCES / "build.py")
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_source(notebook: Path, build: ModuleType, tmp_path: Path) -> None:
+    """notebooks/src/NAME.py is the reviewed source: the notebook must be what build.py makes of it."""
     build.build(SOURCES / f"{notebook.stem}.py", tmp_path / notebook.name)
 
     def cells(path: Path) -> list[tuple[str, str, list[str]]]:

@@ -50,7 +50,7 @@ lr = None
 seed = 0
 crf = True  # also report the CAM baseline + dense CRF
 ablations = True  # train the Table 5 rows (image labels only, baseline, +SPR, +SCM, both)
-ablation_epochs = None  # schedule of all four ablation rows, None: the main run schedule
+ablation_epochs = None  # schedule of every ablation row, None: the main run schedule
 alpha_sweep_images = 256  # train images of the Table 6 sweep of SPR's alpha, 0: skip it
 n_examples = 4
 
@@ -110,8 +110,8 @@ viz.save_figure(viz.plot_curves({"shape cues": exp.train_log()}, keys=("loss", "
 # pixels.
 
 # %%
-classes = {"part_classes": exp.phenomena().get("part_defined", []),
-           "context_classes": list(exp.phenomena().get("context", {}))}
+phenomena = exp.phenomena()
+classes = {"part_classes": phenomena.get("part_defined", []), "context_classes": list(phenomena.get("context", {}))}
 decoder_scores = exp.evaluate_masks(exp.final_pseudo_masks(exp.config.eval_split), exp.config.eval_split)
 decoder_scores.update(exp.provenance(exp.config.eval_split, None, False))
 rows = [report.make_row(baseline.evaluate(), variant="CAM", stage="cam", **classes)]
