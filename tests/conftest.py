@@ -1,6 +1,6 @@
 """Shared fixtures. Every test writes data, runs and reports under one temporary folder, so the
-suite never touches the checkout's data/, runs/ or reports/ (notebook runs and nbval share it,
-which lets the regression notebooks reuse the tiny runs the notebook tests trained)."""
+suite never touches the checkout's data/, runs/ or reports/ (every notebook run shares it, which
+lets notebooks reuse the tiny runs that other notebooks and tests trained)."""
 from __future__ import annotations
 
 import os
@@ -22,10 +22,10 @@ for _name in ("DATA", "RUNS", "REPORTS"):
     os.environ[f"WSSS_{_name}"] = str(_SESSION_DIR / _name.lower())
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# The nbval regressions compare metrics to 0.1 points, and float results of CPU kernels differ
-# between instruction sets (an AVX-512 and an AVX2 machine gave different tiny-preset tables).
-# Every test process and notebook kernel (they inherit this environment) runs torch's own kernels,
-# oneDNN and MKL on their AVX2 paths, as tests/regression/update.py does when it writes them.
+# Float results of CPU kernels differ between instruction sets, so the regression tables are
+# compared within a tolerance (wsss.nbcheck). Pinning torch's own kernels, oneDNN and MKL to their
+# AVX2 paths in every test process and notebook kernel (they inherit this environment), as
+# tests/regression/update.py does when it writes them, keeps those differences small.
 PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
                    "OMP_NUM_THREADS": "1"}
 for _name, _value in PINNED_NUMERICS.items():

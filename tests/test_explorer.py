@@ -1,7 +1,6 @@
 """The CAM explorer, driven headless through its widgets on hand-made run artifacts."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ def _fake_run(root: Path, name: str, data_root: Path, fg: float, best: float | N
     (run / "cams" / "val" / "_done").write_text("done")
     write_json(run / "config.json", {"data_root": str(data_root), "preset": "tiny", "method": "cam"})
     if best is not None:
-        write_json(run / "sweep_val.json", {"best_threshold": best})
+        write_json(run / "sweep_val.json", {"key": {}, "result": {"best_threshold": best}})  # a cached_json record
     return run
 
 

@@ -14,7 +14,7 @@ def test_rerecording_a_row_replaces_it(tmp_path: Path) -> None:
     record([{**ROW, "miou": 0.16}], tmp_path)
     rows = read_rows(tmp_path / "metrics.csv")
     assert [r["miou"] for r in rows] == ["0.16"]
-    assert "| cam | CAM | cam | val | 16.0 |" in (tmp_path / "metrics.md").read_text()
+    assert "| cam | CAM | cam | val |  |  | 16.0 |" in (tmp_path / "metrics.md").read_text()  # no preset, seed given
 
 
 def test_an_older_spelling_of_a_value_is_the_same_row(tmp_path: Path) -> None:
@@ -30,8 +30,9 @@ def test_a_rerun_with_a_new_best_threshold_replaces_its_row(tmp_path: Path) -> N
 
 
 def test_rows_differing_in_a_key_are_kept(tmp_path: Path) -> None:
-    record([ROW, {**ROW, "crf": True}, {**ROW, "variant": "CAM x"}, {**ROW, "split": "train"}], tmp_path)
-    assert len(read_rows(tmp_path / "metrics.csv")) == 4
+    record([ROW, {**ROW, "crf": True}, {**ROW, "variant": "CAM x", "miou": 0.2}, {**ROW, "split": "train"},
+            {**ROW, "config_hash": "other"}], tmp_path)
+    assert len(read_rows(tmp_path / "metrics.csv")) == 5
 
 
 def test_archiving_starts_an_empty_table_and_keeps_the_old_rows(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """The shared training loop: resume after a kill, interrupt handling, and torchrun/DDP equivalence."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wsss.train import CHECKPOINT, LOG, MODEL, read_log
+from wsss.train import CHECKPOINT, LOG, MODEL, load_file, read_log
 
 # A tiny training script: GroupNorm makes the model independent of how the batch is split across
 # processes, so one process and two must train the same weights.
@@ -76,7 +79,7 @@ def test_killed_run_resumes_to_the_same_model(tiny_root: Path, script: Path, tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / MODEL).exists(), "the run finished before it could be killed"
-    saved = torch.load(killed / CHECKPOINT, weights_only=False)
+    saved = torch.load(killed / CHECKPOINT, weights_only=True)  # tensors, dicts and numbers only
     steps_before = saved["step"]
     assert 0 < steps_before < total
     assert saved["seconds"] >= 0.15 * steps_before  # each step sleeps 0.15 s
@@ -106,7 +109,7 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step(tiny_root: Path, script:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "checkpoint saved" in err
-    saved = torch.load(run / CHECKPOINT, weights_only=False)["step"]
+    saved = torch.load(run / CHECKPOINT, weights_only=True)["step"]
     assert saved == read_log(run / LOG)[-1]["step"], "the interrupt checkpoint lags the last logged step"
 
 
@@ -187,3 +190,135 @@ def test_training_under_no_grad_still_learns(tiny_root: Path, tmp_path: Path) ->
         result = train(method, ds, TrainConfig(epochs=1, batch_size=8, lr=2e-3, progress=False), tmp_path / "run")
     assert result.steps > 0
     assert any(not torch.equal(p, b) for p, b in zip(method.parameters(), before))
+
+
+def _signal_at_update(update: int, start: int, pre: list[int], post: list[int]) -> list:
+    """Optimizer hooks that send `pre` signals just before and `post` signals just after the
+    `update`-th optimizer step of the run, in a piece that resumed from step `start`."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    calls = {"pre": 0, "post": 0}
+
+    def hook(kind: str, signums: list[int]):
+        def fire(*_) -> None:
+            calls[kind] += 1
+            if start + calls[kind] == update:
+                for signum in signums:
+                    os.kill(os.getpid(), signum)
+        return fire
+
+    return [register_optimizer_step_pre_hook(hook("pre", pre)), register_optimizer_step_post_hook(hook("post", post))]
+
+
+@pytest.mark.slow
+def test_interrupts_stop_between_steps_and_resume_bit_identically(tiny_root: Path, tmp_path: Path) -> None:
+    """A signal takes effect once its step is complete, however deep in the step it lands; a run
+    interrupted and resumed again and again ends with exactly the weights of an uninterrupted one.
+    The model draws from torch's RNG in every step, so a checkpoint must hold the RNG state too."""
+    from wsss.benchmarks.interrupts import build, config, differing, train_interrupted
+    from wsss.train import train
+
+    cfg = dataclasses.replace(config(epochs=3), ckpt_every=4)  # 18 steps
+    train(*build(tiny_root), cfg, tmp_path / "reference")
+    run = tmp_path / "interrupted"
+    # (update hit, signals before it, signals after it, message, step of the checkpoint left)
+    pieces = [
+        (3, [], [signal.SIGTERM], "interrupted at step 3/18", 3),  # between optimizer.step() and the step count
+        (6, [signal.SIGINT], [], "interrupted at step 6/18", 6),  # Ctrl-C / Jupyter, inside optimizer.step()
+        (10, [signal.SIGINT], [signal.SIGINT], "second interrupt", 8),  # at once: the periodic step-8 one stays
+    ]
+    for update, pre, post, message, saved in pieces:
+        start = load_file(run / CHECKPOINT)["step"] if (run / CHECKPOINT).exists() else 0
+        hooks = _signal_at_update(update, start, pre, post)
+        try:
+            with pytest.raises(KeyboardInterrupt, match=message):
+                train(*build(tiny_root), cfg, run)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert load_file(run / CHECKPOINT)["step"] == saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the SIGINT handler was not restored"
+    # Then SIGTERMs from a timer thread at random moments (the benchmark's function, fewer of them).
+    stopped_at = train_interrupted(tiny_root, run, cfg, [random.uniform(0.0, 0.04) for _ in range(2)])
+    assert stopped_at and all(8 <= s < 18 for s in stopped_at)
+    assert differing(tmp_path / "reference", run) == [], "the resumed run's weights differ from the uninterrupted one's"
+    assert [r["step"] for r in read_log(run / LOG)] == list(range(1, 19))
+
+
+class _NaNLabel(torch.utils.data.Dataset):
+    """A dataset with one NaN in one image's label vector."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, index: int) -> None:
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        if index == self.index:
+            sample["label"] = sample["label"].clone()
+            sample["label"][0] = math.nan
+        return sample
+
+
+def test_a_non_finite_loss_stops_training_before_the_weights(tiny_root: Path, tmp_path: Path) -> None:
+    from wsss.benchmarks.interrupts import build
+    from wsss.train import DistInfo, GlobalBatchSampler, NonFiniteLossError, TrainConfig, train
+
+    method, dataset = build(tiny_root)
+    index = list(GlobalBatchSampler(len(dataset), 8, 0, 0, 0, DistInfo()))[3][0]  # in the 4th batch
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=2e-3, ckpt_every=1, progress=False)
+    with pytest.raises(NonFiniteLossError, match=rf"step 4: non-finite loss terms \['loss'.*{dataset.ids[index]}"):
+        train(method, _NaNLabel(dataset, index), cfg, tmp_path / "run")
+    saved = load_file(tmp_path / "run" / CHECKPOINT)
+    assert saved["step"] == 3
+    assert all(t.isfinite().all() for t in saved["model"].values() if t.is_floating_point())
+    assert all(p.isfinite().all() for p in method.parameters()), "the bad step reached the weights"
+    assert not (tmp_path / "run" / MODEL).exists()
+
+
+@pytest.mark.parametrize("setting", [dict(epochs=0), dict(max_steps=0), dict(batch_size=0), dict(lr=0.0),
+                                     dict(lr=math.nan), dict(weight_decay=-1e-4), dict(ckpt_every=0),
+                                     dict(log_every=0), dict(optimizer="adam"), dict(poly_power=-1.0),
+                                     dict(num_workers=-1), dict(momentum=1.0), dict(epochs="10")])
+def test_an_invalid_train_config_is_rejected_when_built(setting: dict) -> None:
+    from wsss.train import TrainConfig
+
+    (name, value), = setting.items()
+    with pytest.raises(ValueError, match=rf"TrainConfig: {name} must be .*, got {value!r}"):
+        TrainConfig(**setting)
+
+
+def test_a_preset_with_an_invalid_override_is_rejected_before_a_run_exists() -> None:
+    from wsss.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        ExperimentConfig.for_preset("tiny", method="cam", epochs=0)
+
+
+def test_stale_temporary_files_are_removed_and_a_damaged_checkpoint_is_named(tiny_root: Path, tmp_path: Path) -> None:
+    from wsss.benchmarks.interrupts import build
+    from wsss.train import DamagedFileError, TrainConfig, load_model, train
+
+    cfg = TrainConfig(max_steps=2, batch_size=8, lr=2e-3, ckpt_every=1, progress=False)
+    run = tmp_path / "run"
+    train(*build(tiny_root), dataclasses.replace(cfg, max_steps=1), run)  # a checkpoint of step 1
+    (run / MODEL).unlink()  # as if killed before the end
+    stale = [run / ".checkpoint.pt.k1ll3d.pt", run / ".model.pt.x9z2ab.pt"]  # what a SIGKILL mid-save leaves
+    for path in stale:
+        path.write_bytes(b"partial")
+    ckpt = (run / CHECKPOINT).read_bytes()
+    (run / CHECKPOINT).write_bytes(ckpt[:len(ckpt) // 2])  # cut short, e.g. by a full disk
+    with pytest.raises(DamagedFileError, match=rf"{CHECKPOINT} cannot be read .*delete it to restart training"):
+        train(*build(tiny_root), cfg, run)
+    assert not any(path.exists() for path in stale)
+    (run / CHECKPOINT).unlink()
+    assert train(*build(tiny_root), cfg, run).steps == 2
+    model = (run / MODEL).read_bytes()
+    (run / MODEL).write_bytes(model[:100])
+    with pytest.raises(DamagedFileError, match=rf"{MODEL} cannot be read"):
+        load_model(build(tiny_root)[0], run)

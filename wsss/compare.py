@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from wsss import viz
 from wsss.experiment import Experiment, ExperimentConfig

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from wsss.inference import load_cam
-from wsss.io import load_label_png
+from wsss.io import DatasetError, load_label_png
 from wsss.metrics import BoundaryIoUMeter, ConfusionMeter, ContextFPMeter
 from wsss.pseudo import cam_to_label, cam_to_labels_sweep
 from wsss.refine.crf import CRFParams
@@ -61,8 +61,16 @@ class SegmentationEvaluator:
         return out
 
 
-def _context(context_dir: Path | None, sample_id: str) -> np.ndarray | None:
-    return load_label_png(context_dir / f"{sample_id}.png") if context_dir is not None else None
+def _context(context_dir: Path | None, sample_id: str, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The image's context mask, which must have the shape of its ground truth."""
+    if context_dir is None:
+        return None
+    path = context_dir / f"{sample_id}.png"
+    context = load_label_png(path)
+    if context.shape != tuple(shape):
+        raise DatasetError(f"context mask {path} has shape {context.shape}, expected {tuple(shape)} "
+                           "(the shape of its ground truth)")
+    return context
 
 
 def sweep_cam_thresholds(cam_dir: str | os.PathLike, dataset, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
@@ -78,7 +86,7 @@ def sweep_cam_thresholds(cam_dir: str | os.PathLike, dataset, thresholds: Sequen
         sample_id = dataset.ids[i]
         keys, cam = load_cam(cam_dir / f"{sample_id}.npz")
         gt = dataset.load(i)["mask"]
-        context = _context(ctx_dir, sample_id)
+        context = _context(ctx_dir, sample_id, gt.shape)
         for ev, pred in zip(evals, cam_to_labels_sweep(keys, cam, thresholds)):
             ev.update(pred, gt, context)
     mious = [ev.scores()["miou"] for ev in evals]
@@ -98,7 +106,7 @@ def evaluate_cams(cam_dir: str | os.PathLike, dataset, bg_threshold: float, crf:
         sample = dataset.load(i)
         keys, cam = load_cam(cam_dir / f"{sample['id']}.npz")
         pred = cam_to_label(keys, cam, bg_threshold, sample["image"], crf)
-        ev.update(pred, sample["mask"], _context(ctx_dir, sample["id"]))
+        ev.update(pred, sample["mask"], _context(ctx_dir, sample["id"], sample["mask"].shape))
     return ev.scores()
 
 
@@ -112,5 +120,5 @@ def evaluate_label_dir(pred_dir: str | os.PathLike, dataset, progress: bool = Tr
         path = pred_dir / f"{sample['id']}.png"
         if not path.is_file():
             raise FileNotFoundError(f"prediction {path} is missing")
-        ev.update(load_label_png(path), sample["mask"], _context(ctx_dir, sample["id"]))
+        ev.update(load_label_png(path), sample["mask"], _context(ctx_dir, sample["id"], sample["mask"].shape))
     return ev.scores()

@@ -4,7 +4,9 @@ Stages (IRNet's named steps): `train` -> `class_maps` -> `sweep` (background thr
 `evaluate` (with/without CRF) -> `pseudo_masks`. Each stage skips work already on disk, so a
 notebook re-run, a killed run or a second notebook that needs the same baseline costs nothing.
 Every reported row carries its provenance: split, threshold, CRF, scales, seed, config hash and
-code version.
+the code version that computed it. Cached outputs are keyed on everything they depend on (the
+split's ids, the data files, the model file, the settings and the code, see `wsss.cache`), so a
+changed split, regenerated data, a retrained model or a code edit recomputes them.
 """
 from __future__ import annotations
 
@@ -12,21 +14,20 @@ import hashlib
 import inspect
 import json
 import os
-import subprocess
-import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wsss import __version__
+from wsss.cache import cached_folder, cached_json, code_fingerprint, code_version, digest, files_fingerprint
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
 from wsss.inference import infer_class_maps
-from wsss.io import exclusive, write_json
-from wsss.paths import runs_dir
+from wsss.io import write_json
+from wsss.paths import portable, runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.models.backbones import weights_digest
 from wsss.pseudo import write_pseudo_masks
@@ -41,6 +42,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Real VOC with an ImageNet ResNet-50: IRNet's recipe.
     "voc": dict(epochs=5, batch_size=16, lr=0.1, optimizer="sgd", weight_decay=1e-4, ckpt_every=500),
 }
+
+SYNTHVOC_PRESETS = ("tiny", "quick", "full")
 
 # Where the small backbone starts on each SynthVOC preset: the weights `wsss pretrain` made on a
 # generated corpus (the papers' ImageNet start); tiny stays random so tests need no file.
@@ -75,8 +78,17 @@ class ExperimentConfig:
         Overrides that are None are ignored, so notebook parameters can use None for "preset default"."""
         train_over, overrides = split_train_overrides(overrides)
         root = overrides.get("data_root")
-        # A user-supplied folder that SynthVOC did not write is real data: IRNet's recipe.
-        recipe_name = "voc" if root and not (Path(root) / "meta.json").is_file() else preset
+        if root is None and preset not in SYNTHVOC_PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; SynthVOC presets: {', '.join(SYNTHVOC_PRESETS)}")
+        if root is not None and not Path(root).is_dir():
+            raise ValueError(f"data_root {root} does not exist or is not a folder")
+        recipe_name = preset
+        if root and not (Path(root) / "meta.json").is_file():
+            # A folder that SynthVOC did not write (it always writes meta.json) is real data.
+            recipe_name = "voc"
+            warnings.warn(f"{root} has no meta.json, so it is treated as real PASCAL VOC: IRNet's recipe "
+                          f"({TRAIN_PRESETS['voc']}, crops of 448 px unless crop_size is set). A SynthVOC "
+                          "tree must keep the meta.json it was written with.", stacklevel=2)
         if overrides.get("backbone", cls.backbone) == "small" and recipe_name in PRETRAINED_DEFAULTS:
             overrides.setdefault("pretrained", PRETRAINED_DEFAULTS[recipe_name])
         method = overrides.get("method", cls.method)
@@ -125,19 +137,6 @@ def method_defaults(method: str) -> dict[str, Any]:
     return json.loads(json.dumps(defaults, default=str))
 
 
-def code_version() -> str:
-    """Package version plus git commit (and '+dirty' with uncommitted changes), when in a checkout."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "wsss"], cwd=here, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    return f"{__version__}+{commit}{'-dirty' if dirty else ''}" if commit else __version__
-
-
 class Experiment:
     def __init__(self, config: ExperimentConfig, progress: bool = True) -> None:
         self.config = config
@@ -145,10 +144,28 @@ class Experiment:
         self.data_root = Path(config.data_root) if config.data_root else self._synthvoc_root()
         name = config.name or f"{config.method}-{config.backbone}-{config.preset}-{config.config_hash()}"
         self.run_dir = Path(config.run_root or runs_dir()) / name
+        self._refuse_changed_config()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "config.json", {**config.to_dict(), "config_hash": config.config_hash()})
         self._method: WSSSMethod | None = None
         self._datasets: dict[tuple[str, bool], VOCDataset] = {}
+        self._data_keys: dict[str, dict[str, str]] = {}
+
+    def _refuse_changed_config(self) -> None:
+        """A run folder holds the model of one config: a named run whose config changed must not
+        reuse (or overwrite the record of) the model trained under the old one."""
+        record = self.run_dir / "config.json"
+        trained = any((self.run_dir / f).is_file() for f in ("model.pt", "checkpoint.pt"))
+        if not (record.is_file() and trained):
+            return
+        old = json.loads(record.read_text())
+        new = {**self.config.to_dict(), "config_hash": self.config.config_hash()}
+        if old.get("config_hash") == new["config_hash"]:
+            return
+        changed = sorted(k for k in set(old) | set(new) if k != "config_hash" and old.get(k) != new.get(k))
+        raise ValueError(f"run {self.run_dir} holds a model trained with another config (hash "
+                         f"{old.get('config_hash')}, this one {new['config_hash']}; differs in {changed}): "
+                         "give this config another name, or delete the folder to retrain")
 
     def _synthvoc_root(self) -> Path:
         from wsss.data import synthvoc
@@ -213,24 +230,46 @@ class Experiment:
         m = load_model(self.method, self.run_dir).to(self.device)
         return m.eval()
 
+    def data_key(self, split: str) -> dict[str, str]:
+        """What a split's cached outputs depend on in the data: its exact ids and the files behind
+        them (images, masks, context masks, image labels, SynthVOC's meta.json)."""
+        if split not in self._data_keys:
+            ds = self.dataset(split)
+            lay = ds.layout
+            files = [lay.cls_labels, lay.root / "meta.json", lay.list_dir / f"{split}.txt"]
+            files += [lay.image_dir / f"{i}.jpg" for i in ds.ids]
+            for folder in (lay.mask_dir, lay.root / "ContextMasks"):
+                if folder is not None and folder.is_dir():
+                    files += [folder / f"{i}.png" for i in ds.ids]
+            self._data_keys[split] = {"ids": digest(ds.ids), "files": files_fingerprint(files)}
+        return self._data_keys[split]
+
+    def stage_key(self, stage: str, split: str, model_dir: Path | None = None, **settings: Any) -> dict[str, Any]:
+        """The cache key of a stage that runs a trained model (this run's, or the one in `model_dir`,
+        trained by the caller) over `split`: the data, the model file, the code and `settings`."""
+        model_dir = model_dir or self.run_dir
+        if model_dir == self.run_dir and not (self.run_dir / "model.pt").is_file():
+            self.train()
+        return {"stage": stage, "split": split, "data": self.data_key(split),
+                "model": files_fingerprint([model_dir / "model.pt"]), "code": code_fingerprint(),
+                **json.loads(json.dumps(settings, default=str))}
+
+    def class_maps_key(self, split: str) -> dict[str, Any]:
+        return self.stage_key("class_maps", split, scales=list(self.config.scales), flip=self.config.flip)
+
     def class_maps(self, split: str | None = None) -> Path:
         split = split or self.config.eval_split
-        out = self.run_dir / "cams" / split
         ds = self.dataset(split)
-        if (out / "_done").is_file():
-            return out
-        m = self.trained_method()
-        with exclusive(self.run_dir / f".cams_{split}.lock", f"class maps of {split}"):
-            if not (out / "_done").is_file():  # another process may have written them meanwhile
-                infer_class_maps(m.class_maps, ds, out, scales=self.config.scales, flip=self.config.flip,
-                                 device=self.device, progress=self.progress)
-                (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return out
+        return cached_folder(self.run_dir / "cams" / split, self.class_maps_key(split), lambda out: infer_class_maps(
+            self.trained_method().class_maps, ds, out, scales=self.config.scales, flip=self.config.flip,
+            device=self.device, progress=self.progress), f"class maps of {split}")
 
     def sweep(self, split: str | None = None) -> dict[str, Any]:
         split = split or self.config.eval_split
-        return self._cached(f"sweep_{split}", lambda: sweep_cam_thresholds(
-            self.class_maps(split), self.dataset(split), self.config.thresholds, progress=self.progress))
+        key = {"stage": "sweep", "class_maps": digest(self.class_maps_key(split)),
+               "thresholds": list(self.config.thresholds)}
+        return cached_json(self.run_dir / f"sweep_{split}.json", key, lambda: sweep_cam_thresholds(
+            self.class_maps(split), self.dataset(split), self.config.thresholds, progress=self.progress))["result"]
 
     def best_threshold(self, split: str | None = None) -> float:
         return self.sweep(split)["best_threshold"]
@@ -239,20 +278,24 @@ class Experiment:
         """Scores of the thresholded class maps (best threshold of the sweep by default)."""
         split = split or self.config.eval_split
         thr = self.best_threshold(split) if bg_threshold is None else bg_threshold
-        key = f"eval_{split}_thr{thr:.2f}{'_crf' if crf else ''}"
-        scores = self._cached(key, lambda: evaluate_cams(self.class_maps(split), self.dataset(split), thr,
-                                                         self.config.crf if crf else None, progress=self.progress))
-        return {**scores, **self.provenance(split, thr, crf)}
+        crf_params = self.config.crf if crf else None
+        key = {"stage": "evaluate", "class_maps": digest(self.class_maps_key(split)), "bg_threshold": thr,
+               "crf": asdict(crf_params) if crf_params else None}
+        record = cached_json(self.run_dir / f"eval_{split}_thr{thr:.2f}{'_crf' if crf else ''}.json", key,
+                             lambda: evaluate_cams(self.class_maps(split), self.dataset(split), thr, crf_params,
+                                                   progress=self.progress))
+        return {**record["result"], **self.provenance(split, thr, crf), "code_version": record["code_version"]}
 
     def pseudo_masks(self, split: str | None = None, bg_threshold: float | None = None, crf: bool = False) -> Path:
         split = split or self.config.train_split
         thr = self.best_threshold(self.config.eval_split) if bg_threshold is None else bg_threshold
-        out = self.run_dir / "pseudo_masks" / f"{split}_thr{thr:.2f}{'_crf' if crf else ''}"
-        if not (out / "_done").is_file():
-            write_pseudo_masks(self.class_maps(split), self.dataset(split), out, thr,
-                               self.config.crf if crf else None, progress=self.progress)
-            (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return out
+        crf_params = self.config.crf if crf else None
+        key = {"stage": "pseudo_masks", "class_maps": digest(self.class_maps_key(split)), "bg_threshold": thr,
+               "crf": asdict(crf_params) if crf_params else None}
+        return cached_folder(self.run_dir / "pseudo_masks" / f"{split}_thr{thr:.2f}{'_crf' if crf else ''}", key,
+                             lambda out: write_pseudo_masks(self.class_maps(split), self.dataset(split), out, thr,
+                                                            crf_params, progress=self.progress),
+                             f"pseudo masks of {split}")
 
     def final_pseudo_masks(self, split: str | None = None) -> Path:
         """The method's own pseudo masks (its `pseudo_labels` hook), else thresholded class maps."""
@@ -271,18 +314,10 @@ class Experiment:
 
     def provenance(self, split: str, bg_threshold: float | None, crf: bool) -> dict[str, Any]:
         c = self.config
-        return {"method": c.method, "backbone": c.backbone, "split": split, "bg_threshold": bg_threshold,
-                "crf": crf, "scales": list(c.scales), "flip": c.flip, "seed": c.train.seed,
-                "data": str(self.data_root), "config_hash": c.config_hash(),
-                "config_file": str(self.run_dir / "config.json"), "code_version": code_version()}
-
-    def _cached(self, key: str, compute) -> dict[str, Any]:
-        path = self.run_dir / f"{key}.json"
-        if path.is_file():
-            return json.loads(path.read_text())
-        result = compute()
-        write_json(path, result)
-        return json.loads(json.dumps(result, default=float))
+        return {"method": c.method, "backbone": c.backbone, "preset": c.preset, "split": split,
+                "bg_threshold": bg_threshold, "crf": crf, "scales": list(c.scales), "flip": c.flip,
+                "seed": c.train.seed, "data": portable(self.data_root), "config_hash": c.config_hash(),
+                "config_file": portable(self.run_dir / "config.json"), "code_version": code_version()}
 
     def train_log(self) -> list[dict[str, float]]:
         from wsss.train import LOG, read_log

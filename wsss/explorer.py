@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from wsss import viz
+from wsss.cache import stored_result
 from wsss.data.voc import VOCDataset
 from wsss.inference import load_cam
 from wsss.metrics import confusion_matrix, segmentation_scores
@@ -88,8 +89,8 @@ class CAMExplorer:
         return self._datasets[run]
 
     def _best_threshold(self, run: Path) -> float:
-        sweep = run / f"sweep_{self.split}.json"
-        return float(json.loads(sweep.read_text())["best_threshold"]) if sweep.is_file() else 0.3
+        sweep = stored_result(run / f"sweep_{self.split}.json")
+        return float(sweep["best_threshold"]) if sweep else 0.3
 
     def _select_run(self) -> None:
         """New run: its image list, its best threshold; one render once every control is set."""

@@ -24,6 +24,13 @@ MapFn = Callable[[torch.Tensor], torch.Tensor]
 # test-time augmentation stays at scale 1 (`head_scales`); the paper settings hold above it.
 SMALL_IMAGE = 320
 
+# Bound on one image's pixels at its largest test-time scale, so that a huge input fails at once
+# with its name instead of exhausting memory mid-run: 4096 x 4096, i.e. a 2048 x 2048 image at
+# scale 2 passes, a 4000 x 3000 photo at scale 2 (48 M pixels, twice that with flip) does not.
+# `infer_class_maps(max_pixels=...)` or the environment variable below overrides it.
+MAX_SCALED_PIXELS = 4096 * 4096
+MAX_PIXELS_ENV = "WSSS_MAX_INFER_PIXELS"
+
 
 def head_scales(scales: Sequence[float], image_size: int | None) -> tuple[float, ...]:
     """Test-time scales of a segmentation head's maps on images of `image_size` px: `scales` from
@@ -78,20 +85,67 @@ def load_cam(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         return data["keys"].astype(np.int64), data["cam"].astype(np.float32)
 
 
+def max_scaled_pixels() -> int:
+    """The default bound of `infer_class_maps`: $WSSS_MAX_INFER_PIXELS when set, else MAX_SCALED_PIXELS."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if raw is None:
+        return MAX_SCALED_PIXELS
+    try:
+        return int(float(raw))  # float() also takes 5e7
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count") from None
+
+
+def check_scaled_size(image_id: str, size_hw: Sequence[int], scales: Sequence[float], max_pixels: int) -> None:
+    """Raise a ValueError naming the image when its pixel count at the largest scale exceeds max_pixels."""
+    h, w = size_hw
+    scale = max(scales)
+    pixels = h * w * scale * scale
+    if pixels > max_pixels:
+        raise ValueError(
+            f"image {image_id} is {w}x{h}: at scale {scale:g} that is {pixels / 1e6:.1f} M pixels per forward pass, "
+            f"above the limit of {max_pixels / 1e6:.1f} M. Downscale the image, drop the large scales, or raise "
+            f"the limit (max_pixels=, or the environment variable {MAX_PIXELS_ENV})"
+        )
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    # CUDA raises torch.OutOfMemoryError; a failed CPU allocation is a plain RuntimeError.
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory"))
+
+
 def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: str | os.PathLike, *,
                      scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
-                     device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True) -> Path:
+                     device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True,
+                     max_pixels: int | None = None) -> Path:
     """Write `<out_dir>/<id>.npz` for every image of `dataset` (eval transform), skipping done ones.
 
     Images of equal size are batched together (SynthVOC); differently sized ones (VOC) go one by one.
+    An image larger than `max_pixels` at its largest scale (default `max_scaled_pixels()`) is an
+    error naming it, and so is running out of memory on one.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    limit = max_scaled_pixels() if max_pixels is None else max_pixels
     todo = [i for i in range(len(dataset)) if not (out_dir / f"{dataset.ids[i]}.npz").is_file()]
     bar = tqdm(total=len(todo), desc=f"class maps -> {out_dir.name}", disable=not progress, dynamic_ncols=True)
     for group in size_grouped_batches(dataset, batch_size, todo):
+        check_scaled_size(group[0]["id"], group[0]["image"].shape[-2:], scales, limit)
         images = torch.stack([s["image"] for s in group]).to(device)
-        maps = multiscale_maps(map_fn, images, scales, flip)
+        try:
+            maps = multiscale_maps(map_fn, images, scales, flip)
+        except RuntimeError as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            ids = ", ".join(s["id"] for s in group[:3]) + (", ..." if len(group) > 3 else "")
+            h, w = images.shape[-2:]
+            raise torch.OutOfMemoryError(
+                f"out of memory computing class maps of image(s) {ids} ({w}x{h}, batch of {len(group)}, scales "
+                f"{tuple(scales)}, flip={flip}) on {device}: lower batch_size, drop the large scales or downscale "
+                f"the images"
+            ) from exc
         for s, m in zip(group, maps):
             keys, cam = normalize_present(m, s["label"].to(m.device))
             save_cam(out_dir / f"{s['id']}.npz", keys, cam)

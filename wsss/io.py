@@ -1,24 +1,37 @@
-"""Atomic file output and the VOC palette.
+"""Atomic file output, the VOC palette, and the checked readers of id lists, label maps and labels.
 
 Every artifact the workbench writes goes through these helpers: the bytes land in a temporary
 file in the same folder and are renamed into place, so a killed run never leaves a half-written
 PNG, checkpoint or JSON behind, and a stage can tell "done" from "interrupted" by existence.
+The readers turn every malformed input into a `DatasetError` that names the file.
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
+import pickle
 import tempfile
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+try:  # numpy >= 2 pickles name numpy._core; numpy 1.x files name numpy.core (same functions)
+    from numpy._core import multiarray as _multiarray
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _multiarray
 
 IGNORE_INDEX = 255
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+class DatasetError(ValueError):
+    """A data file is missing or malformed; the message names the file."""
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -113,11 +126,119 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
-    """Read a label PNG as class indices (palette indices, not colours)."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"{path}: a label map must be a palette or grayscale PNG, got mode {img.mode}")
-        return np.asarray(img, dtype=np.uint8 if img.mode in ("P", "L") else np.int64).astype(np.uint8)
+    """Read a label PNG as (H, W) uint8 class indices (palette indices, not colours).
+
+    16-bit grayscale is accepted while every value fits 0..255: a larger one would wrap modulo 256
+    into a wrong but valid-looking class. Undecodable (e.g. truncated) files raise a DatasetError
+    naming the file; PIL's own message does not.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map {path} does not exist")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L", "I", "I;16"):
+                raise DatasetError(f"{path}: a label map must be a palette or grayscale PNG, got mode {img.mode}")
+            img.load()
+            label = np.array(img)  # a copy: callers may write into it
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DatasetError(f"label map {path} cannot be read: {exc}") from exc
+    if label.dtype != np.uint8:
+        low, high = (int(label.min()), int(label.max())) if label.size else (0, 0)
+        if low < 0 or high > 255:
+            raise DatasetError(f"label map {path} holds values {low}..{high}; class indices must lie in 0..255 "
+                               "(255 = ignore)")
+        label = label.astype(np.uint8)
+    return label
+
+
+def read_id_list(path: str | os.PathLike) -> list[str]:
+    """Image ids of a VOC-style list: one per line, a second column (class-wise lists) dropped.
+
+    A UTF-8 BOM, blank lines and surrounding whitespace are skipped. A repeated id (it would count
+    twice in training and in the scores) and an id that is not a plain file name (ids become
+    `<id>.png` / `<id>.npz` inside run folders, so '/' or '..' would write outside them) are errors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"id list {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"id list {path} is not UTF-8 text: {exc}") from exc
+    ids = [line.split()[0] for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise DatasetError(f"id list {path} is empty")
+    unsafe = [i for i in ids if i in (".", "..") or any(c in i for c in "/\\\0")]
+    if unsafe:
+        raise DatasetError(f"id list {path}: {len(unsafe)} id(s) are not plain file names "
+                           f"(no '/', '\\' or '..'), e.g. {unsafe[:3]}")
+    repeated = [i for i, n in Counter(ids).items() if n > 1]
+    if repeated:
+        raise DatasetError(f"id list {path} lists {len(repeated)} id(s) more than once, e.g. {repeated[:5]}")
+    return ids
+
+
+# The only globals np.save of {image id: ndarray} pickles: array and dtype reconstruction, numpy
+# scalars (IRNet's np.int32 ids) and, in protocol-2 files, bytes via _codecs.encode.
+_LABEL_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(module, name): getattr(_multiarray, name)
+       for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+}
+
+
+class _LabelDictUnpickler(pickle.Unpickler):
+    """Refuses every global but numpy's array reconstruction, so a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _LABEL_PICKLE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"its pickle would call {module}.{name}, which a label dict never "
+                                         "holds (refused, not run)") from None
+
+
+def load_label_dict(path: str | os.PathLike) -> dict[Any, np.ndarray]:
+    """Read a cls_labels.npy: np.save of {image id (str, or IRNet's int 2007000032): multi-hot vector}.
+
+    Such a file is a pickle, and np.load(allow_pickle=True) runs whatever code a crafted one holds:
+    the payload is unpickled with only numpy's array globals allowed. Vectors come back as 1-D
+    float32 and must hold only 0 and 1 (NaN or 3.0 is an error naming the file and the id).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file {path} does not exist")
+    expected = "expected np.save of a dict {image id: multi-hot label vector} (IRNet / EPS cls_labels.npy)"
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+            raw = _LabelDictUnpickler(f).load() if dtype.hasobject else None
+    except Exception as exc:  # a bad header or pickle raises any of a dozen types
+        raise DatasetError(f"{path} is not a dict saved with np.save: {exc}; {expected}") from exc
+    if raw is None:
+        raise DatasetError(f"{path} is not a dict saved with np.save: it holds a {dtype} array of shape {shape}; "
+                           f"{expected}")
+    content = raw.item() if isinstance(raw, np.ndarray) and raw.shape == () else raw
+    if not isinstance(content, dict):
+        what = f"an object array of shape {raw.shape}" if isinstance(content, np.ndarray) else type(content).__name__
+        raise DatasetError(f"{path} is not a dict saved with np.save: it holds {what}; {expected}")
+    labels: dict[Any, np.ndarray] = {}
+    for key, vec in content.items():
+        try:
+            vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise DatasetError(f"{path}: label of {key!r} is not a numeric vector ({exc})") from exc
+        bad = vec[(vec != 0) & (vec != 1)]  # NaN compares unequal to both
+        if bad.size:
+            raise DatasetError(f"{path}: label vector of {key!r} holds {float(bad[0])}; "
+                               "entries must be 0 or 1 (multi-hot)")
+        labels[key] = vec
+    return labels
 
 
 @contextmanager

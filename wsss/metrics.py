@@ -25,6 +25,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from wsss.io import IGNORE_INDEX, load_label_png, write_json
+from wsss.io import IGNORE_INDEX, DatasetError, load_label_png, read_id_list, write_json
 
 try:  # OpenCV's morphology and distance transform are 5-10x faster than scipy's on 512x512 maps
     import cv2 as _cv2
@@ -636,17 +637,6 @@ class ContextFPMeter:
 _MAX_CLASSES = 255
 
 
-def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Ids from a VOC-style list (one per line; a second column, as in class-wise lists, is dropped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"id list {path} does not exist")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"id list {path} is empty")
-    return ids
-
-
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """Class names from a labels.txt (one per line). Like SynthVOC's / the VOC reader's labels.txt,
     the file lists foreground classes; "background" is prepended as class 0 unless it is already first."""
@@ -687,8 +677,9 @@ def _eval_one(
     }
     if ctx_path is not None:
         ctx = load_label_png(ctx_path)
-        if ctx.shape != pred.shape:
-            raise ValueError(f"{ctx_path}: context shape {ctx.shape} differs from prediction {pred_path} shape {pred.shape}")
+        if ctx.shape != gt.shape:
+            raise DatasetError(f"context mask {ctx_path} has shape {ctx.shape}, expected {gt.shape} "
+                               f"(the shape of its ground truth {gt_path})")
         out["ctx"] = context_false_positive_rate(pred, ctx)
     return out
 
@@ -703,14 +694,17 @@ def evaluate_folders(
     progress: bool = True,
     dilation_ratio: float = 0.02,
     num_workers: int | None = None,
+    allow_missing: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `<pred_dir>/<id>.png` label maps against `<gt_dir>/<id>.png`.
 
-    ids default to the PNG stems of pred_dir. num_classes defaults to len(class_names), else to the
-    largest ground-truth label (255 excluded) + 1; a prediction label beyond it is a ValueError
-    naming the file. Every listed file is checked to exist before any work (FileNotFoundError
-    naming the first missing one). Decoding and per-image counting run in a thread pool (PIL's PNG
-    decoder and the numpy/scipy kernels release the GIL); the counts are summed in the caller.
+    ids default to the PNG stems of pred_dir and gt_dir together. num_classes defaults to
+    len(class_names), else to the largest ground-truth label (255 excluded) + 1; a prediction label
+    beyond it is a ValueError naming the file. Every file is checked to exist before any work: ids
+    without a prediction are a FileNotFoundError naming them (with allow_missing, a warning with
+    their count, and they are left out); a missing ground truth or context mask always is one.
+    Decoding and per-image counting run in a thread pool (PIL's PNG decoder and the numpy/scipy
+    kernels release the GIL); the counts are summed in the caller.
 
     Returns segmentation_scores(...) plus boundary_iou, boundary_iou_per_class, n_images and, with
     context_dir (`<context_dir>/<id>.png`, see `context_false_positive_rate`), context_fp_rate,
@@ -721,7 +715,20 @@ def evaluate_folders(
     for d, what in ((pred_dir, "prediction"), (gt_dir, "ground-truth"), (ctx_dir, "context")):
         if d is not None and not d.is_dir():
             raise FileNotFoundError(f"{what} folder {d} does not exist")
-    ids = sorted(p.stem for p in pred_dir.glob("*.png")) if ids is None else list(ids)
+    if ids is None:
+        # Ground truth without a prediction would otherwise drop out of the scores unnoticed.
+        ids = sorted({p.stem for d in (pred_dir, gt_dir) for p in d.glob("*.png")})
+    ids = list(ids)
+    missing = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
+    if missing:
+        first = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        what = (f"{len(missing)} of {len(ids)} images have no prediction in {pred_dir} "
+                f"(e.g. {pred_dir / (missing[0] + '.png')}; ids {first})")
+        if not allow_missing:
+            raise FileNotFoundError(f"{what}; pass allow_missing=True (wsss eval --allow-missing) to score the rest")
+        warnings.warn(f"{what}: scoring the other {len(ids) - len(missing)} only", stacklevel=2)
+        skipped = set(missing)
+        ids = [i for i in ids if i not in skipped]
     if not ids:
         raise ValueError(f"no images to evaluate (no PNG in {pred_dir} or an empty id list)")
     if class_names is not None:
@@ -855,6 +862,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", type=Path, help="labels.txt of foreground class names (default: <gt-dir>/../labels.txt if present)")
     p.add_argument("--context-dir", type=Path, help="folder of context masks <id>.png for the context false-positive rate")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score only the images that have a prediction (warns with the count) instead of failing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_eval)
 
@@ -883,6 +892,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         context_dir=args.context_dir,
         progress=not args.no_progress,
         num_workers=args.workers,
+        allow_missing=args.allow_missing,
     )
     print(format_table(scores))
     if args.json is not None:

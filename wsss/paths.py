@@ -33,4 +33,17 @@ def reports_dir() -> Path:
 
 
 def notebooks_dir() -> Path:
-    return project_root() / "notebooks"
+    """The project's notebooks; outside a checkout, those of the checkout this package runs from."""
+    here = project_root() / "notebooks"
+    package_checkout = Path(__file__).resolve().parent.parent / "notebooks"
+    return here if here.is_dir() or not package_checkout.is_dir() else package_checkout
+
+
+def portable(path: str | os.PathLike) -> str:
+    """`path` relative to the project root when it lies inside it (reports and run records then
+    read the same on every machine), else as given."""
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(project_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from wsss.data import synthvoc
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from wsss.data.voc import VOCDataset
-from wsss.experiment import code_version
+from wsss.cache import code_version
 from wsss.io import write_json
 from wsss.methods.base import build_method, classification_loss, gap_cam_logits
 from wsss.models.backbones import SYNTHVOC_WEIGHTS

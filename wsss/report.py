@@ -1,8 +1,12 @@
 """The workbench's result table: `reports/metrics.csv` (every column) and `reports/metrics.md`.
 
-Each row is one (method, variant, stage, split, threshold, CRF) result with its provenance, so a
-number can be traced back to the configuration and code that produced it and re-run. Writing a
-row replaces an older row with the same key: re-running a notebook updates its rows.
+Each row is one result with its provenance, so a number can be traced back to the configuration
+and code that produced it and re-run. A row's key is (method, variant, stage, split, CRF, config
+hash); the config hash covers the preset, data, seed, backbone and every option, so runs that
+differ in any of them keep their own rows. Writing a row replaces the row with the same key (a
+re-run updates its rows); a replaced row whose numbers changed goes to metrics_history.csv, so no
+result is lost. One result recorded under two names (a method's notebook and the comparison
+notebook name the same evaluation of the same run differently) is kept once.
 """
 from __future__ import annotations
 
@@ -18,15 +22,19 @@ from wsss.paths import reports_dir
 
 # A row's identity. The background threshold is a result (the sweep's best), not part of it: a
 # re-run whose best threshold moved replaces its row instead of leaving the old one beside it.
-KEY = ("method", "variant", "stage", "split", "crf")
+KEY = ("method", "variant", "stage", "split", "crf", "config_hash")
+# The same evaluation of the same run: equal numbers to full precision under one config.
+RESULT = ("method", "stage", "split", "crf", "config_hash", "bg_threshold", "miou", "fg_precision", "fg_recall",
+          "boundary_iou")
 COLUMNS = (
     "method", "variant", "stage", "split", "bg_threshold", "crf", "miou", "fg_precision", "fg_recall",
     "boundary_iou", "context_fp_rate", "part_recall", "context_recall", "contour_f",
     "train_s", "images_per_s", "scales", "flip", "seed", "backbone", "data", "config_hash", "config_file",
-    "code_version",
+    "code_version", "preset",
 )
 # What metrics.md shows (metrics.csv keeps everything).
 SUMMARY = (("method", "method"), ("variant", "variant"), ("stage", "stage"), ("split", "split"),
+           ("preset", "preset"), ("seed", "seed"),
            ("miou", "mIoU"), ("fg_precision", "prec"), ("fg_recall", "rec"), ("boundary_iou", "bIoU"),
            ("context_fp_rate", "ctx FP"), ("part_recall", "part rec"), ("contour_f", "contour F"),
            ("bg_threshold", "thr"), ("crf", "CRF"), ("train_s", "train s"), ("config_hash", "config"))
@@ -71,31 +79,88 @@ def _canonical(value: Any) -> str:
 
 
 def read_rows(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
-    path = Path(path) if path else reports_dir() / "metrics.csv"
+    """The rows of a result table. A line whose field count differs from the header (a row
+    appended under another header) is an error naming the file and line, never a shifted row."""
+    return _read_table(Path(path) if path else reports_dir() / "metrics.csv")[1]
+
+
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of a CSV table; ([], []) when there is none."""
     if not path.is_file():
-        return []
+        return [], []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        lines = list(csv.reader(f))
+    if not lines:
+        return [], []
+    header, rows = lines[0], []
+    for number, values in enumerate(lines[1:], start=2):
+        if len(values) != len(header):
+            raise ValueError(f"{path}, line {number}: {len(values)} fields under a header of {len(header)}; "
+                             "the table is damaged (a row written under another header)")
+        rows.append(dict(zip(header, values)))
+    return header, rows
 
 
 def record(rows: Iterable[dict[str, Any]], folder: str | os.PathLike | None = None) -> Path:
-    """Upsert `rows` into metrics.csv and regenerate metrics.md; returns the CSV path."""
+    """Upsert `rows` into metrics.csv and regenerate metrics.md; returns the CSV path. Rows they
+    replace with other numbers are appended to metrics_history.csv."""
     folder = Path(folder) if folder else reports_dir()
     csv_path = folder / "metrics.csv"
-    # Notebooks running side by side record into one table: read-modify-write under a lock.
+    # Notebooks running side by side record into one table: read-modify-write under a lock, and
+    # the file replaced atomically.
     with exclusive(folder / ".metrics.lock", "the metrics table"):
         table = {_key(r): r for r in read_rows(csv_path)}
+        replaced = []
         for r in rows:
-            r = {k: _fmt(v) for k, v in r.items()}
+            r = {k: _fmt(v) for k, v in r.items() if k in COLUMNS}
+            old = table.get(_key(r))
+            if old is not None and _result(old) != _result(r):
+                replaced.append(old)
             table[_key(r)] = r
+        kept = _one_row_per_result(table.values())
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(sorted(table.values(),
-                                key=lambda r: (r.get("method", ""), r.get("stage", ""), r.get("variant", ""))))
+        writer.writerows(kept)
+        if replaced:
+            _append_history(folder / "metrics_history.csv", replaced)
         write_text(csv_path, buf.getvalue())
-        write_text(folder / "metrics.md", markdown_table(list(table.values())))
+        write_text(folder / "metrics.md", markdown_table(kept))
     return csv_path
+
+
+def _result(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(_canonical(row.get(k, "")) for k in RESULT)
+
+
+def _one_row_per_result(rows: Iterable[dict[str, str]]) -> list[dict[str, str]]:
+    """Sorted rows, one per result: of rows with the same result, the first in sort order stays."""
+    kept: dict[tuple[str, ...], dict[str, str]] = {}
+    for r in sorted(rows, key=_sort_key):
+        kept.setdefault(_result(r), r)
+    return list(kept.values())
+
+
+def _sort_key(row: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(row.get(k, "")) for k in ("method", "stage", "variant", "preset", "seed", "config_hash"))
+
+
+def _append_history(history: Path, rows: list[dict[str, str]]) -> None:
+    """Append `rows` to the history table; a history written under other columns is rewritten
+    once under the union of both (each old row under its own header), never appended to blindly."""
+    header, old_rows = _read_table(history)
+    if header == list(COLUMNS):
+        buf = io.StringIO()
+        csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore").writerows(rows)
+        with open(history, "a", newline="") as f:
+            f.write(buf.getvalue())
+        return
+    columns = list(COLUMNS) + [c for c in header if c not in COLUMNS]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(old_rows + rows)
+    write_text(history, buf.getvalue())
 
 
 def archive_table(folder: str | os.PathLike | None = None) -> Path | None:
@@ -107,13 +172,7 @@ def archive_table(folder: str | os.PathLike | None = None) -> Path | None:
         rows = read_rows(csv_path)
         if not rows:
             return None
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-        if not history.is_file():
-            writer.writeheader()
-        writer.writerows(rows)
-        with open(history, "a", newline="") as f:
-            f.write(buf.getvalue())
+        _append_history(history, rows)
         csv_path.unlink()
         (folder / "metrics.md").unlink(missing_ok=True)
     return history
@@ -130,7 +189,7 @@ def _fmt(v: Any) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    rows = sorted(rows, key=lambda r: (r.get("method", ""), r.get("stage", ""), r.get("variant", "")))
+    rows = sorted(rows, key=_sort_key)
     lines = ["| " + " | ".join(h for _, h in SUMMARY) + " |", "|" + "---|" * len(SUMMARY)]
     for r in rows:
         cells = []

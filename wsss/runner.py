@@ -1,8 +1,12 @@
 """Batch execution of notebooks with papermill: `wsss run` and `wsss demo`.
 
-`wsss run NOTEBOOK -p key value ...` executes a notebook into reports/ with parameters, so a
-parameter sweep is a shell loop. `wsss demo` generates SynthVOC and runs every method notebook
-that exists, then prints the summary table.
+`wsss run NOTEBOOK -p key value ...` executes a notebook with parameters into its own file,
+`reports/runs/<notebook>__<key>-<value>....ipynb`, so a parameter sweep is a shell loop and no
+run overwrites another's notebook. Parameters are checked against the notebook's `parameters`
+cell before anything runs. A notebook executes into a temporary file that replaces the output
+only when every cell succeeded; a failed run is kept beside it as `<name>.failed.ipynb` and
+leaves the last good report as it was. `wsss demo` generates SynthVOC and runs every method
+notebook into reports/, then prints the summary table.
 """
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import argparse
 import ast
 import json
 import os
+import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from wsss.cache import digest
 from wsss.io import write_json
-from wsss.paths import notebooks_dir, project_root, reports_dir
+from wsss.paths import notebooks_dir, portable, project_root, reports_dir
 
 # The demo's order: data first, methods next, the comparison last (it reads the others' runs).
 DEMO_NOTEBOOKS = ("00_dataset", "01_cam_baseline", "02_eps", "03_vwl", "04_sance", "05_rcm_mam",
@@ -42,23 +49,87 @@ def parse_value(text: str) -> Any:
     return text
 
 
+class NotebookFailed(RuntimeError):
+    """A cell raised; the message names the cell, the error and the notebook that shows it."""
+
+
+def notebook_parameters(source: Path) -> dict[str, Any]:
+    """{name: default value} of the notebook's `parameters` cell."""
+    import papermill
+
+    params = {}
+    for name, info in papermill.inspect_notebook(str(source)).items():
+        try:
+            params[name] = ast.literal_eval(info["default"])
+        except (ValueError, SyntaxError):
+            params[name] = None  # an expression: its type is not known here
+    return params
+
+
+def check_parameters(source: Path, parameters: dict[str, Any]) -> None:
+    """Unknown names and values of the wrong type (against non-None defaults) are errors that
+    list the notebook's parameters; values the defaults cannot type are checked by the library."""
+    known = notebook_parameters(source)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        listing = ", ".join(f"{k}={v!r}" for k, v in known.items())
+        raise ValueError(f"{source.stem} has no parameter {', '.join(unknown)}; its parameters: {listing}")
+    for name, value in parameters.items():
+        default = known[name]
+        if default is None or value is None:
+            continue
+        expected = float if isinstance(default, float) else type(default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else (
+            isinstance(value, expected) and (expected is bool or not isinstance(value, bool)))
+        if not ok:
+            raise ValueError(f"parameter {name} of {source.stem} takes {expected.__name__} values "
+                             f"(default {default!r}), got {value!r}")
+
+
+def output_name(source: Path, parameters: dict[str, Any]) -> str:
+    """`<stem>__<key>-<value>...ipynb` from the parameters (sorted), a hash when that grows long."""
+    if not parameters:
+        return source.name
+    parts = "__".join(f"{k}-{re.sub(r'[^A-Za-z0-9.+-]+', '_', str(v)).strip('_')}"
+                      for k, v in sorted(parameters.items()))
+    stem = f"{source.stem}__{parts}"
+    return f"{stem if len(stem) <= 120 else f'{source.stem}__{digest(parameters, 12)}'}.ipynb"
+
+
 def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None = None,
                  output_dir: str | os.PathLike | None = None, kernel_name: str = "python3",
-                 progress: bool = True) -> Path:
-    """Execute `notebook` with `parameters` into `output_dir` (reports/ by default); returns the output path.
+                 progress: bool = True, output: str | None = None) -> Path:
+    """Execute `notebook` with `parameters` into `output_dir` (reports/runs/ by default) as
+    `output` (default: named by the parameters, see `output_name`); returns the output path.
 
-    The output notebook is written as execution goes, so a failure leaves the cell and its
-    traceback in it.
+    Execution goes to a temporary file beside the output, renamed onto it when every cell
+    succeeded; on failure it becomes `<output stem>.failed.ipynb` (the failing cell and its
+    traceback in it) and `NotebookFailed` is raised, the previous output untouched.
     """
     import papermill
 
     source = resolve_notebook(notebook)
-    out_dir = Path(output_dir) if output_dir else reports_dir()
+    parameters = parameters or {}
+    check_parameters(source, parameters)
+    out_dir = Path(output_dir) if output_dir else reports_dir() / "runs"
     out_dir.mkdir(parents=True, exist_ok=True)
-    output = out_dir / source.name
-    papermill.execute_notebook(str(source), str(output), parameters=parameters or {}, kernel_name=kernel_name,
-                               cwd=str(project_root()), progress_bar=progress)
-    return output
+    target = out_dir / (output or output_name(source, parameters))
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.stem}.", suffix=".running.ipynb")
+    os.close(fd)
+    try:
+        papermill.execute_notebook(str(source), tmp, parameters=parameters, kernel_name=kernel_name,
+                                   cwd=str(project_root()), progress_bar=progress)
+    except papermill.PapermillExecutionError as e:
+        failed = target.with_name(f"{target.stem}.failed.ipynb")
+        os.replace(tmp, failed)
+        raise NotebookFailed(f"{source.stem}, cell {e.exec_count}: {e.ename}: {e.evalue} "
+                             f"(executed notebook: {portable(failed)}; {portable(target)} left as it was)") from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return target
 
 
 def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS, progress: bool = True,
@@ -100,7 +171,7 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS,
 def _timed_notebook(name: str, preset: str, progress: bool) -> float:
     t = time.perf_counter()
     print(f"[demo] running {name} (preset={preset})", flush=True)
-    run_notebook(name, {"preset": preset}, progress=progress)
+    run_notebook(name, {"preset": preset}, reports_dir(), progress=progress, output=f"{name}.ipynb")
     seconds = time.perf_counter() - t
     print(f"[demo] {name} done in {seconds:.0f} s", flush=True)
     return seconds
@@ -123,7 +194,8 @@ def _parallel_notebooks(names: list[str], preset: str, jobs: int) -> dict[str, f
         while pending and len(running) < jobs and not failed:
             name = pending.pop(0)
             log = open(log_dir / f"{name}.log", "w")
-            cmd = [sys.executable, "-m", "wsss.cli", "run", name, "-p", "preset", preset]
+            cmd = [sys.executable, "-m", "wsss.cli", "run", name, "-p", "preset", preset,
+                   "-o", str(reports_dir()), "--output", f"{name}.ipynb"]
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
                              time.perf_counter())
             print(f"[demo] started {name} (preset={preset}, {threads} thread{'s' * (threads > 1)}, log {log.name})",
@@ -147,11 +219,13 @@ def _parallel_notebooks(names: list[str], preset: str, jobs: int) -> dict[str, f
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("run", help="execute a notebook with parameters into reports/ (papermill)")
+    p = subparsers.add_parser("run", help="execute a notebook with parameters into reports/runs/ (papermill)")
     p.add_argument("notebook", help="a notebook path or a name in notebooks/, e.g. 01_cam_baseline")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="set a parameter of the notebook's `parameters` cell (repeatable)")
-    p.add_argument("-o", "--output-dir", default=None, help="where the executed notebook goes (default reports/)")
+    p.add_argument("-o", "--output-dir", default=None, help="where the executed notebook goes (default reports/runs/)")
+    p.add_argument("--output", default=None,
+                   help="file name of the executed notebook (default: the notebook's name and the parameters)")
     p.add_argument("-k", "--kernel", default="python3")
     p.set_defaults(func=_cmd_run)
 
@@ -164,9 +238,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    repeated = sorted({k for k, _ in args.parameter if [n for n, _ in args.parameter].count(k) > 1})
+    if repeated:
+        raise ValueError(f"parameter {', '.join(repeated)} given more than once")
     params = {k: parse_value(v) for k, v in args.parameter}
-    out = run_notebook(args.notebook, params, args.output_dir, args.kernel)
-    print(f"wrote {out}")
+    out = run_notebook(args.notebook, params, args.output_dir, args.kernel, output=args.output)
+    print(f"wrote {portable(out)}")
     return 0
 
 

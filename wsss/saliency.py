@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from wsss.cache import cached_folder, code_fingerprint, digest, files_fingerprint
 from wsss.data.voc import DatasetError, VOCLayout, read_rgb
 from wsss.io import save_gray_png
 
@@ -76,9 +76,9 @@ def saliency_folder(source: str, data_root: str | os.PathLike, saliency_dir: str
     if source not in CLASSICAL:
         raise ValueError(f"unknown saliency source {source!r}; choose one of {SOURCES}")
     layout = VOCLayout.discover(data_root)
-    out = classical_cache_dir(data_root, source, cache_root)
-    if not (out / "_done").is_file():
-        ids = sorted({i for split in sorted(layout.list_dir.glob("*.txt")) for i in layout.split_ids(split.stem)})
-        write_classical_saliency(layout.image_dir, ids, out, source, progress)
-        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return out
+    ids = sorted({i for split in sorted(layout.list_dir.glob("*.txt")) for i in layout.split_ids(split.stem)})
+    key = {"detector": source, "ids": digest(ids), "images": files_fingerprint(layout.image_dir / f"{i}.jpg" for i in ids),
+           "code": code_fingerprint()}
+    return cached_folder(classical_cache_dir(data_root, source, cache_root), key,
+                         lambda out: write_classical_saliency(layout.image_dir, ids, out, source, progress),
+                         f"{source} saliency")

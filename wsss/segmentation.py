@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,16 @@ import torchvision
 from torchvision.models.segmentation.deeplabv3 import ASPP
 from tqdm.auto import tqdm
 
-from wsss.data.transforms import eval_transform, train_transform
+from wsss.data.transforms import train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_label_dir
-from wsss.experiment import PRETRAINED_DEFAULTS, TRAIN_PRESETS, Experiment, code_version
+from wsss.cache import cached_folder, cached_json, code_version, digest
+from wsss.experiment import PRETRAINED_DEFAULTS, TRAIN_PRESETS, Experiment
 from wsss.inference import multiscale_maps
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod
 from wsss.models.backbones import build_backbone, load_pretrained, weights_digest
-from wsss.paths import runs_dir
+from wsss.paths import portable, runs_dir
 from wsss.refine.crf import CRFParams, dense_crf
 from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
 
@@ -177,7 +177,7 @@ class FinalStage:
         try:
             rel = str(masks.resolve().relative_to(experiment.run_dir.resolve()))
         except ValueError:
-            rel = str(masks)
+            rel = portable(masks)
         source = {"kind": "pseudo", "method": experiment.config.method, "run": experiment.run_dir.name,
                   "run_config_hash": experiment.config.config_hash(), "masks": rel}
         return cls(experiment, masks, source, config, progress)
@@ -187,21 +187,21 @@ class FinalStage:
                      progress: bool = True) -> "FinalStage":
         """The fully supervised upper bound: the dataset's own masks (SegmentationClass)."""
         layout = experiment.dataset(experiment.config.train_split).layout
-        source = {"kind": GROUND_TRUTH, "data": str(experiment.data_root), "masks": str(layout.mask_dir)}
+        source = {"kind": GROUND_TRUTH, "data": portable(experiment.data_root), "masks": portable(layout.mask_dir)}
         return cls(experiment, layout.mask_dir, source, config, progress)
 
     # ------------------------------------------------------------------ bookkeeping
 
     def config_hash(self) -> str:
         key = {"source": {k: v for k, v in self.source.items() if k != "run"}, "seg": self.config.to_dict(),
-               "data": str(self.experiment.data_root), "train_split": self.experiment.config.train_split}
+               "data": portable(self.experiment.data_root), "train_split": self.experiment.config.train_split}
         digest = weights_digest(self.config.pretrained)
         if digest:
             key["pretrained_digest"] = digest
         return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
 
     def _config_record(self) -> dict[str, Any]:
-        return {"source": self.source, "seg": self.config.to_dict(), "data": str(self.experiment.data_root),
+        return {"source": self.source, "seg": self.config.to_dict(), "data": portable(self.experiment.data_root),
                 "train_split": self.experiment.config.train_split, "config_hash": self.config_hash()}
 
     @property
@@ -215,7 +215,7 @@ class FinalStage:
         pseudo_thr = threshold_of_masks(self.masks) if self.source["kind"] != GROUND_TRUTH else None
         return {**exp.provenance(split, pseudo_thr, crf), "scales": list(self.config.scales), "flip": self.config.flip,
                 "seed": self.config.train.seed, "config_hash": self.config_hash(),
-                "config_file": str(self.run_dir / "config.json"), "code_version": code_version(),
+                "config_file": portable(self.run_dir / "config.json"), "code_version": code_version(),
                 "backbone": self.config.model, "pseudo_source": self.source.get("masks"),
                 "pseudo_run_config": self.source.get("run_config_hash", "")}
 
@@ -249,37 +249,36 @@ class FinalStage:
     def predict(self, split: str | None = None, crf: bool = False) -> Path:
         """Label PNGs of `split` (multi-scale + flip softmax average, optional dense CRF), cached."""
         split = split or self.experiment.config.eval_split
-        out = self.run_dir / "predictions" / f"{split}{'_crf' if crf else ''}"
-        if (out / "_done").is_file():
-            return out
+        return cached_folder(self.run_dir / "predictions" / f"{split}{'_crf' if crf else ''}",
+                             self._predict_key(split, crf), lambda out: self._write_predictions(split, crf, out),
+                             f"predictions of {split}")
+
+    def _predict_key(self, split: str, crf: bool) -> dict[str, Any]:
+        self.trained_net()  # trains first when needed: the key names the model file
+        return self.experiment.stage_key("predict", split, model_dir=self.run_dir, scales=list(self.config.scales),
+                                         flip=self.config.flip, crf=asdict(self.config.crf) if crf else None)
+
+    def _write_predictions(self, split: str, crf: bool, out: Path) -> None:
         net, ds, device = self.trained_net(), self.experiment.dataset(split), self.experiment.device
-        out.mkdir(parents=True, exist_ok=True)
         for i in tqdm(range(len(ds)), desc=f"segment {split}", disable=not self.progress, dynamic_ncols=True):
             sample = ds[i]
-            if (out / f"{sample['id']}.png").is_file():
-                continue
             probs = multiscale_maps(net.class_maps, sample["image"][None].to(device), self.config.scales,
                                     self.config.flip)[0]
             probs = (probs / probs.sum(dim=0, keepdim=True)).cpu().numpy()
             if crf:
                 probs = dense_crf(sample["image_uint8"].numpy(), probs, self.config.crf)
             save_label_png(out / f"{sample['id']}.png", probs.argmax(axis=0).astype(np.uint8))
-        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return out
 
     def evaluate(self, split: str | None = None, crf: bool = False) -> dict[str, Any]:
         """Scores of the predictions of `split` with provenance (cached as JSON in the run dir)."""
         split = split or self.experiment.config.eval_split
-        path = self.run_dir / f"eval_{split}{'_crf' if crf else ''}.json"
-        if path.is_file():
-            scores = json.loads(path.read_text())
-        else:
-            scores = evaluate_label_dir(self.predict(split, crf), self.experiment.dataset(split), progress=self.progress)
-            write_json(path, scores)
-            scores = json.loads(path.read_text())
+        key = {"stage": "evaluate", "predictions": digest(self._predict_key(split, crf))}
+        record = cached_json(self.run_dir / f"eval_{split}{'_crf' if crf else ''}.json", key, lambda: evaluate_label_dir(
+            self.predict(split, crf), self.experiment.dataset(split), progress=self.progress))
         summary = self.run_dir / "train_summary.json"
         train_s = json.loads(summary.read_text())["seconds"] if summary.is_file() else None
-        return {**scores, **self.provenance(split, crf), "train_s": train_s}
+        return {**record["result"], **self.provenance(split, crf), "code_version": record["code_version"],
+                "train_s": train_s}
 
 
 def threshold_of_masks(masks: str | os.PathLike) -> float | None:

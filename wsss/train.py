@@ -7,6 +7,11 @@ the killed one stopped, and N processes see the same global batches as one proce
 
 Files in `run_dir`: `checkpoint.pt` (atomic, every `ckpt_every` steps and on interrupt),
 `train_log.csv` (one row per logged step), `model.pt` and `train_summary.json` when finished.
+
+Ctrl-C, Jupyter's interrupt (SIGINT) and a scheduler's SIGTERM take effect between steps: the loop
+saves a checkpoint of the last complete step and raises KeyboardInterrupt; training again resumes
+bit-identically. A second SIGINT stops at once, without saving. A non-finite loss stops training
+before it reaches the weights (NonFiniteLossError), keeping the last good checkpoint.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -55,6 +60,31 @@ class TrainConfig:
     ckpt_every: int = 200
     log_every: int = 1
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Reject a bad recipe when it is built, before a run folder is named after it: epochs=0
+        # would "finish" an untrained model, batch_size=0 divide by zero much later.
+        rules: list[tuple[str, str, Callable[[Any], bool]]] = [
+            ("epochs", ">= 1", lambda v: v >= 1),
+            ("max_steps", "None or >= 1", lambda v: v is None or v >= 1),
+            ("batch_size", ">= 1", lambda v: v >= 1),
+            ("optimizer", "'sgd' or 'adamw'", lambda v: v in ("sgd", "adamw")),
+            ("lr", "> 0", lambda v: v > 0),
+            ("weight_decay", ">= 0", lambda v: v >= 0),
+            ("momentum", "in [0, 1)", lambda v: 0 <= v < 1),
+            ("poly_power", ">= 0", lambda v: v >= 0),
+            ("num_workers", ">= 0", lambda v: v >= 0),
+            ("ckpt_every", ">= 1", lambda v: v >= 1),
+            ("log_every", ">= 1", lambda v: v >= 1),
+        ]
+        for name, rule, ok in rules:
+            value = getattr(self, name)
+            try:
+                valid = ok(value)
+            except TypeError:  # e.g. epochs="10" or None
+                valid = False
+            if not valid:
+                raise ValueError(f"TrainConfig: {name} must be {rule}, got {value!r}")
 
 
 def split_train_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -159,14 +189,14 @@ def build_optimizer(method: WSSSMethod, cfg: TrainConfig) -> torch.optim.Optimiz
             groups.append({"params": group["params"], "lr_mult": mult, "lr": cfg.lr * mult, "name": group["name"]})
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adamw'")
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)  # TrainConfig allows no other
 
 
 def save_checkpoint(path: Path, method: WSSSMethod, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, step: int, cfg: TrainConfig, seconds: float = 0.0) -> None:
-    """`seconds`: training time up to `step`, summed over every resumed piece of the run."""
+    """Everything the steps after `step` depend on (the data depends only on (seed, epoch, step)),
+    as tensors, dicts and numbers that `torch.load(weights_only=True)` reads. `seconds`: training
+    time up to `step`, summed over every resumed piece of the run."""
     state = {
         "seconds": seconds,
         "model": method.state_dict(),
@@ -174,19 +204,36 @@ def save_checkpoint(path: Path, method: WSSSMethod, optimizer: torch.optim.Optim
         "scaler": scaler.state_dict() if scaler is not None else None,
         "step": step,
         "config": asdict(cfg),
-        "torch_rng": torch.get_rng_state(),
+        "torch_rng": torch.get_rng_state(),  # dropout, random sampling inside a method
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+class DamagedFileError(RuntimeError):
+    """A checkpoint or model file that cannot be read (cut short by a kill, a full disk, a bad copy)."""
+
+
+def load_file(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load` of a file this module wrote (weights only: no code runs), with its path and the
+    way out in the error when the file is damaged."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a torn file raises EOFError, UnpicklingError, RuntimeError, ...
+        remedy = ("delete it to restart training from step 0" if path.name == CHECKPOINT
+                  else f"delete it and train again (which writes it anew from {CHECKPOINT})")
+        raise DamagedFileError(f"{path} cannot be read ({type(exc).__name__}: {exc}); {remedy}, or restore it "
+                               "from a copy") from exc
 
 
 def load_model(method: WSSSMethod, run_dir: str | os.PathLike, map_location: str | torch.device = "cpu") -> WSSSMethod:
     """Load the finished model of a run (or its latest checkpoint when training was cut short)."""
     run_dir = Path(run_dir)
     if (run_dir / MODEL).is_file():
-        state = torch.load(run_dir / MODEL, map_location=map_location, weights_only=True)
+        state = load_file(run_dir / MODEL, map_location)
     elif (run_dir / CHECKPOINT).is_file():
-        state = torch.load(run_dir / CHECKPOINT, map_location=map_location, weights_only=False)["model"]
+        state = load_file(run_dir / CHECKPOINT, map_location)["model"]
     else:
         raise FileNotFoundError(f"{run_dir} holds neither {MODEL} nor {CHECKPOINT}: train first")
     method.load_state_dict(state)
@@ -244,20 +291,35 @@ def read_log(path: str | os.PathLike) -> list[dict[str, float]]:
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A scheduler's SIGTERM gets the same treatment as Ctrl-C: checkpoint, then stop."""
+def _interrupts_between_steps() -> Iterator[Callable[[], bool]]:
+    """SIGINT (Ctrl-C, Jupyter's interrupt) and SIGTERM (a scheduler) only raise a flag, which the
+    loop reads once a step is complete: raised anywhere, e.g. inside `optimizer.step()`, an
+    interrupt would leave weights one update ahead of the step the checkpoint names. A second
+    SIGINT raises at once, for a step that never ends. Yields a function that reads the flag;
+    a signal the loop did not act on (one during the final save) is raised on leaving the block."""
+    received: list[int] = []
+
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        if received and signum == signal.SIGINT:
+            raise KeyboardInterrupt("second interrupt: stopped at once, without a checkpoint of this step")
+        received.append(signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread, which alone receives signals
+        yield lambda: False
         return
     try:
-        yield
+        yield lambda: bool(received)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler set outside Python
+    if received:
+        raise KeyboardInterrupt(f"{signal.Signals(received[0]).name} during training")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step's loss is NaN or infinite; raised before it reaches the weights."""
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -278,17 +340,22 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
     on even when called under `torch.no_grad()` (an evaluation that finds its model untrained).
     """
     run_dir = Path(run_dir)
-    with exclusive(run_dir / ".train.lock", "training"), torch.enable_grad():
-        return _train(method, dataset, cfg, run_dir, resume)
+    with exclusive(run_dir / ".train.lock", "training"), torch.enable_grad(), \
+            _interrupts_between_steps() as interrupted:
+        return _train(method, dataset, cfg, run_dir, resume, interrupted)
 
 
 def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: Path,
-           resume: bool) -> TrainResult:
+           resume: bool, interrupted: Callable[[], bool]) -> TrainResult:
     probe_device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else cfg.device
     info = init_distributed(torch.device(probe_device).type if probe_device != "auto" else "cpu")
     device = resolve_device(cfg.device, info)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # Temporary files of saves a SIGKILL cut short; the training lock rules out a live writer.
+        for name in (CHECKPOINT, MODEL, LOG, SUMMARY):
+            for tmp in run_dir.glob(f".{name}.*"):
+                tmp.unlink(missing_ok=True)
     if resume and (run_dir / SUMMARY).is_file() and (run_dir / MODEL).is_file():
         import json
 
@@ -316,12 +383,14 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
     step, seconds_before = 0, 0.0
     ckpt_path = run_dir / CHECKPOINT
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = load_file(ckpt_path)  # on the CPU, where the RNG states belong; load_state_dict moves the rest
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
         step = int(state["step"])
         seconds_before = float(state.get("seconds", 0.0))
     resumed_from = step
@@ -342,57 +411,69 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, float] = {}
     try:
-        with _sigterm_as_interrupt():
-            while step < total:
-                epoch, start = divmod(step, steps_per_epoch)
-                dataset.set_epoch(epoch)
-                sampler = GlobalBatchSampler(n, cfg.batch_size, cfg.seed, epoch, start, info)
-                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
-                                                     collate_fn=collate, pin_memory=device.type == "cuda")
-                for batch in loader:
-                    progress = step / total
-                    lr_scale = poly_lr(1.0, step, total, cfg.poly_power)
-                    for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * group["lr_mult"] * lr_scale
-                    batch = _to_device(batch, device, channels_last)
-                    autocast = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
-                    with autocast:
-                        losses = model(batch, progress)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(losses["loss"]).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        losses["loss"].backward()
-                        optimizer.step()
-                    method.after_optimizer_step(progress)
-                    step += 1
-                    imgs = batch["image"].shape[0] * info.world_size
-                    window_imgs += imgs
-                    trained_imgs += imgs
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + v.detach().float()
-                    bar.update(1)
-                    if step % cfg.log_every == 0 or step == total:
-                        count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                        last = {k: float(v) / count for k, v in sums.items()}
-                        sums = {}
-                        now = time.perf_counter()
-                        ips = window_imgs / max(now - window_t, 1e-9)
-                        window_t, window_imgs = now, 0
-                        log.write({"step": step, "epoch": epoch, "lr": cfg.lr * lr_scale, **last, "images_per_s": ips})
-                        bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
-                    if step % cfg.ckpt_every == 0 and step < total and info.is_main:
-                        save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg, run_seconds())
-                    if step >= total:
-                        break
-    except KeyboardInterrupt:
-        if info.is_main:
-            save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg, run_seconds())
-            tqdm.write(f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; train again to resume",
-                       file=sys.stderr)
-        raise
+        while step < total:
+            epoch, start = divmod(step, steps_per_epoch)
+            dataset.set_epoch(epoch)
+            sampler = GlobalBatchSampler(n, cfg.batch_size, cfg.seed, epoch, start, info)
+            # Its own generator: a DataLoader draws worker seeds from the global RNG, which would
+            # shift the random numbers a method draws when a resumed run starts mid-epoch.
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                                 collate_fn=collate, pin_memory=device.type == "cuda",
+                                                 generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            for batch in loader:
+                progress = step / total
+                lr_scale = poly_lr(1.0, step, total, cfg.poly_power)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * group["lr_mult"] * lr_scale
+                batch = _to_device(batch, device, channels_last)
+                autocast = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
+                with autocast:
+                    losses = model(batch, progress)
+                # One NaN in a label or an image would spread to every weight within steps. On CUDA
+                # this waits for the forward pass, as logging the loss does anyway.
+                if not torch.isfinite(losses["loss"].detach()):
+                    bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+                    raise NonFiniteLossError(
+                        f"step {step + 1}: non-finite loss terms {bad} on images {batch.get('id')}: check their "
+                        f"labels and pixels, or lower the learning rate. Training stopped before this step "
+                        f"changed any weight; {ckpt_path} (if any) holds the last good step")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(losses["loss"]).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    losses["loss"].backward()
+                    optimizer.step()
+                method.after_optimizer_step(progress)
+                step += 1
+                imgs = batch["image"].shape[0] * info.world_size
+                window_imgs += imgs
+                trained_imgs += imgs
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total:
+                    count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                    last = {k: float(v) / count for k, v in sums.items()}
+                    sums = {}
+                    now = time.perf_counter()
+                    ips = window_imgs / max(now - window_t, 1e-9)
+                    window_t, window_imgs = now, 0
+                    log.write({"step": step, "epoch": epoch, "lr": cfg.lr * lr_scale, **last, "images_per_s": ips})
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
+                if step >= total:
+                    break
+                # The step is complete: the one place where an interrupt is safe.
+                stop = _on_any_rank(interrupted(), info, device)
+                if info.is_main and (stop or step % cfg.ckpt_every == 0):
+                    save_checkpoint(ckpt_path, method, optimizer, scaler, step, cfg, run_seconds())
+                if stop:
+                    message = (f"interrupted at step {step}/{total}: checkpoint saved to {ckpt_path}; "
+                               "train again to resume")
+                    if info.is_main:
+                        tqdm.write(message, file=sys.stderr)
+                    raise KeyboardInterrupt(message)
     finally:
         bar.close()
     seconds = time.perf_counter() - t_start  # this piece; images/s is its throughput
@@ -407,6 +488,15 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
         dist.barrier()
     method.eval()
     return result
+
+
+def _on_any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when it is true on one: all ranks must stop after the same step."""
+    if info.world_size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:

@@ -32,7 +32,7 @@ root = Path(data_root) if data_root else synthvoc.generate(synthvoc.default_root
 meta = json.loads((root / "meta.json").read_text()) if (root / "meta.json").is_file() else {}
 dataset = VOCDataset(root, split, with_saliency=(root / "SaliencyMaps").is_dir())
 phenomena = meta.get("phenomena", {})
-print(f"{root}: {len(dataset)} {split} images, classes: {', '.join(dataset.class_names)}")
+print(f"{root.name}: {len(dataset)} {split} images, classes: {', '.join(dataset.class_names)}")
 
 # %% [markdown]
 # ## Samples: image, ground truth, saliency, context

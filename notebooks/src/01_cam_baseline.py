@@ -31,7 +31,7 @@ from wsss.experiment import Experiment, ExperimentConfig
 config = ExperimentConfig.for_preset(preset, method="cam", data_root=data_root, backbone=backbone,
                                      pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 exp = Experiment(config)
-print("run directory:", exp.run_dir)
+print("run directory:", exp.run_dir.name)
 
 # %% [markdown]
 # ## Training
@@ -58,7 +58,7 @@ rows = [report.make_row(exp.evaluate(), variant="CAM", stage="cam", part_classes
                         train_s=result.seconds, images_per_s=result.images_per_s)]
 if crf:
     rows.append(report.make_row(exp.evaluate(crf=True), variant="CAM + CRF", stage="cam", part_classes=part))
-report.record(rows)
+report.record(rows);
 
 # %%
 # NBVAL_CHECK_OUTPUT

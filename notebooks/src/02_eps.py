@@ -74,8 +74,8 @@ baseline = Experiment(ExperimentConfig.for_preset(
     preset, method="cam", data_root=data_root, backbone=backbone, pretrained=pretrained, epochs=epochs,
     batch_size=batch_size, lr=lr, seed=seed))
 exp = eps_experiment()
-print("CAM run:", baseline.run_dir)
-print("EPS run:", exp.run_dir)
+print("CAM run:", baseline.run_dir.name)
+print("EPS run:", exp.run_dir.name)
 
 # %% [markdown]
 # ## Training

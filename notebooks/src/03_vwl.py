@@ -65,8 +65,8 @@ def vwl_experiment(vwe: bool = True, hspp: bool = True, epochs=epochs) -> Experi
 
 baseline = vwl_experiment(False, False)  # the run of notebook 01 when the settings match
 exp = vwl_experiment()
-print("CAM run:", baseline.run_dir)
-print("VWL run:", exp.run_dir)
+print("CAM run:", baseline.run_dir.name)
+print("VWL run:", exp.run_dir.name)
 
 # %% [markdown]
 # ## Training

@@ -73,8 +73,8 @@ split = main.config.eval_split
 size = main.crop_size()  # picks the paper's walk or its small-image adaptation
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
             f"{ablation_split or main.config.train_split}")
-print("CAM run:", cam.run_dir)
-print("SANCE run:", main.run_dir)
+print("CAM run:", cam.run_dir.name)
+print("SANCE run:", main.run_dir.name)
 
 # %% [markdown]
 # ## Training

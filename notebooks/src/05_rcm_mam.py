@@ -74,8 +74,8 @@ def rcm_mam_experiment(rcm: bool = True, mam: bool = True, epochs=epochs) -> Exp
 exp = rcm_mam_experiment()
 # The CAM baseline on the main run's schedule (the quick recipe of rcm_mam is shorter than CAM's).
 baseline = rcm_mam_experiment(False, False, epochs=exp.config.train.epochs)
-print("CAM run:", baseline.run_dir)
-print("RCM + MAM run:", exp.run_dir)
+print("CAM run:", baseline.run_dir.name)
+print("RCM + MAM run:", exp.run_dir.name)
 
 # %% [markdown]
 # ## Training

@@ -73,8 +73,8 @@ def experiment(method: str, epochs=epochs, **options) -> Experiment:
 
 baseline = experiment("cam")  # the run of notebook 01 when the settings match
 exp = experiment("shape_cues")  # the paper's defaults: SCM and SPR on
-print("CAM run:", baseline.run_dir)
-print("shape cues run:", exp.run_dir)
+print("CAM run:", baseline.run_dir.name)
+print("shape cues run:", exp.run_dir.name)
 
 # %% [markdown]
 # ## Training

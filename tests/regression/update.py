@@ -1,4 +1,4 @@
-"""Refresh the nbval regression notebooks: every notebook executed by papermill on the tiny preset.
+"""Refresh the regression notebooks: every notebook executed by papermill on the tiny preset.
 
 Run after a change that is meant to alter results (`.venv/bin/python tests/regression/update.py`),
 look at the diff of the `NBVAL_CHECK_OUTPUT` cells, and commit it with the change.
@@ -26,5 +26,6 @@ if __name__ == "__main__":
 
     names = sys.argv[1:] or [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
     for name in names:
-        out = run_notebook(ROOT / "notebooks" / f"{name}.ipynb", {"preset": "tiny"}, output_dir=HERE, progress=False)
+        out = run_notebook(ROOT / "notebooks" / f"{name}.ipynb", {"preset": "tiny"}, output_dir=HERE, progress=False,
+                           output=f"{name}.ipynb")
         print(f"updated {out.relative_to(ROOT)}")

@@ -31,9 +31,9 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from wsss.paths import data_dir
-from wsss.io import (IGNORE_INDEX, exclusive, save_gray_png, save_jpeg, save_label_png, save_npy, write_json,
-                     write_text)
+from wsss.paths import data_dir, portable
+from wsss.io import (IGNORE_INDEX, exclusive, load_label_dict, save_gray_png, save_jpeg, save_label_png, save_npy,
+                     write_json, write_text)
 
 GENERATOR_VERSION = "synthvoc-1"
 
@@ -605,7 +605,7 @@ def _generate(cfg: SynthConfig, root: Path, meta: dict[str, Any], preset: str, s
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
         if _identity(old) == _identity(meta):
-            say(f"SynthVOC at {root} is up to date")
+            say(f"SynthVOC at {portable(root)} is up to date")
             return root
         if not overwrite:
             raise FileExistsError(
@@ -642,12 +642,12 @@ def _generate(cfg: SynthConfig, root: Path, meta: dict[str, Any], preset: str, s
     write_text(root / "labels.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
     write_json(meta_path, meta)  # last: its presence means the dataset is complete
     (root / _INCOMPLETE).unlink()
-    say(f"SynthVOC written to {root}")
+    say(f"SynthVOC written to {portable(root)}")
     return root
 
 
 def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
-    return np.load(Path(root) / "cls_labels.npy", allow_pickle=True).item()
+    return load_label_dict(Path(root) / "cls_labels.npy")  # SynthVOC ids are strings
 
 
 # ----------------------------------------------------------------------------------------------

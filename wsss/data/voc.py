@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from wsss.data.transforms import resize_saliency
-from wsss.io import IGNORE_INDEX
+from wsss.io import IGNORE_INDEX, DatasetError, load_label_dict, read_id_list
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -27,10 +27,6 @@ VOC_CLASS_NAMES: tuple[str, ...] = (
 
 # Image modes PIL can turn into RGB without losing meaning.
 _CONVERTIBLE_MODES = {"L", "LA", "P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "I;16", "F", "1", "LAB", "HSV"}
-
-
-class DatasetError(ValueError):
-    """A file of the dataset is missing or malformed; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -102,11 +98,7 @@ class VOCLayout:
         if not path.is_file():
             available = sorted(p.stem for p in self.list_dir.glob("*.txt"))
             raise DatasetError(f"split list {path} does not exist; available splits: {available}")
-        # VOC lists may carry a second column (e.g. '2008_000002  1' in class-wise lists): keep the id.
-        ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-        if not ids:
-            raise DatasetError(f"split list {path} is empty")
-        return ids
+        return read_id_list(path)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -167,13 +159,8 @@ def read_saliency(path: Path) -> np.ndarray:
 
 def load_cls_labels(path: Path, num_classes: int) -> dict[str, np.ndarray]:
     """Load `cls_labels.npy` ({id: multi-hot}) in either the EPS (str keys) or IRNet (int keys) format."""
-    try:
-        raw = np.load(path, allow_pickle=True).item()
-    except Exception as exc:  # numpy raises several types for a bad pickle
-        raise DatasetError(f"{path} is not a dict saved with np.save: {exc}") from exc
     labels: dict[str, np.ndarray] = {}
-    for key, vec in raw.items():
-        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+    for key, vec in load_label_dict(path).items():
         if vec.shape[0] != num_classes:
             raise DatasetError(
                 f"{path}: label vector of {key!r} has length {vec.shape[0]}, expected {num_classes} "

@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -49,10 +48,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from wsss.cache import cached_folder, cached_json, digest
 from wsss.data.transforms import denormalize_image
 from wsss.inference import (SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, scales_tag,
                             size_grouped_batches)
-from wsss.io import IGNORE_INDEX, save_label_png, write_json
+from wsss.io import IGNORE_INDEX, save_label_png
 from wsss.methods.base import Batch, WSSSMethod, register_method
 from wsss.metrics import ContourFMeter, ContourMassMeter, gt_boundaries
 from wsss.models.backbones import Backbone
@@ -126,18 +126,18 @@ def write_cam_seeds(cam_exp: Any, split: str, fg_threshold: float = 0.30, bg_thr
                     crf: CRFParams | None = SEED_CRF) -> Path:
     """Seed PNGs of every image of `split` from the CAM run's class maps, cached in that run."""
     tag = f"{split}_fg{fg_threshold:.2f}_bg{bg_threshold:.2f}{'_crf' if crf is not None else ''}"
-    out = cam_exp.run_dir / "seeds" / tag
-    if (out / "_done").is_file():
-        return out
-    cam_dir, ds = cam_exp.class_maps(split), cam_exp.dataset(split)
-    out.mkdir(parents=True, exist_ok=True)
-    for i in tqdm(range(len(ds)), desc=f"CAM seeds -> {tag}", disable=not cam_exp.progress, dynamic_ncols=True):
-        sample_id = ds.ids[i]
-        keys, cam = load_cam(cam_dir / f"{sample_id}.npz")
-        image = ds.load(i)["image"] if crf is not None else None
-        save_label_png(out / f"{sample_id}.png", seed_label(keys, cam, fg_threshold, bg_threshold, image, crf))
-    (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return out
+    key = {"stage": "cam_seeds", "class_maps": digest(cam_exp.class_maps_key(split)), "fg": fg_threshold,
+           "bg": bg_threshold, "crf": asdict(crf) if crf is not None else None}
+
+    def build(out: Path) -> None:
+        cam_dir, ds = cam_exp.class_maps(split), cam_exp.dataset(split)
+        for i in tqdm(range(len(ds)), desc=f"CAM seeds -> {tag}", disable=not cam_exp.progress, dynamic_ncols=True):
+            sample_id = ds.ids[i]
+            keys, cam = load_cam(cam_dir / f"{sample_id}.npz")
+            image = ds.load(i)["image"] if crf is not None else None
+            save_label_png(out / f"{sample_id}.png", seed_label(keys, cam, fg_threshold, bg_threshold, image, crf))
+
+    return cached_folder(cam_exp.run_dir / "seeds" / tag, key, build, f"CAM seeds of {split}")
 
 
 # ---------------------------------------------------------------------------------- branches
@@ -587,14 +587,25 @@ def tta_maps(method: _ContourMethod, images: torch.Tensor, scales: Sequence[floa
 def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> Path:
     """Random-walk refined class maps of `split` in the CAM npz format (`<id>.npz`, keys + maps of the
     present classes at image resolution), so the shared threshold sweep and mask writer apply."""
-    out = experiment.run_dir / "propagated" / f"{split}_{params.tag()}"
-    if (out / "_done").is_file():
-        return out
+    return cached_folder(experiment.run_dir / "propagated" / f"{split}_{params.tag()}",
+                         propagation_key(experiment, split, params),
+                         lambda out: _write_propagated_maps(experiment, split, params, out), f"random walk of {split}")
+
+
+def propagation_key(experiment: Any, split: str, params: PseudoLabelParams) -> dict[str, Any]:
+    """The cache key of propagated maps: the run's model and data, the params, and the CAM run's
+    class maps when they are the source."""
+    cam = (digest(experiment.method.cam_experiment(experiment).class_maps_key(split)) if params.source == "cam"
+           else None)
+    return experiment.stage_key("propagate", split, params=asdict(params), cam_maps=cam)
+
+
+@torch.no_grad()
+def _write_propagated_maps(experiment: Any, split: str, params: PseudoLabelParams, out: Path) -> None:
     method, device = experiment.trained_method(), experiment.device
     ds = experiment.dataset(split)
     cam_dir = method.cam_experiment(experiment).class_maps(split) if params.source == "cam" else None
     walk = Propagation(params.radius, params.power, params.steps)
-    out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(ds), desc=f"random walk -> {out.name}", disable=not experiment.progress, dynamic_ncols=True)
     for group in size_grouped_batches(ds):
         images = torch.stack([s["image"] for s in group]).to(device)
@@ -620,8 +631,6 @@ def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> P
             save_cam(out / f"{s['id']}.npz", keys.cpu().numpy(), cam.clamp(0, 1).cpu().numpy())
         bar.update(len(group))
     bar.close()
-    (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return out
 
 
 def propagation_sweep(experiment: Any, params: PseudoLabelParams) -> dict[str, Any]:
@@ -630,11 +639,10 @@ def propagation_sweep(experiment: Any, params: PseudoLabelParams) -> dict[str, A
 
     split = experiment.config.eval_split
     maps = propagated_maps(experiment, split, params)
-    path = maps / "sweep.json"
-    if not path.is_file():
-        write_json(path, sweep_cam_thresholds(maps, experiment.dataset(split), experiment.config.thresholds,
-                                              progress=experiment.progress))
-    return json.loads(path.read_text())
+    key = {"stage": "sweep", "maps": digest(propagation_key(experiment, split, params)),
+           "thresholds": list(experiment.config.thresholds)}
+    return cached_json(maps / "sweep.json", key, lambda: sweep_cam_thresholds(
+        maps, experiment.dataset(split), experiment.config.thresholds, progress=experiment.progress))["result"]
 
 
 def propagated_pseudo_labels(experiment: Any, split: str, params: PseudoLabelParams) -> Path:
@@ -642,12 +650,12 @@ def propagated_pseudo_labels(experiment: Any, split: str, params: PseudoLabelPar
     from wsss.pseudo import write_pseudo_masks
 
     thr = propagation_sweep(experiment, params)["best_threshold"]
-    out = experiment.run_dir / "pseudo_labels" / f"{split}_{params.tag()}_thr{thr:.2f}"
-    if not (out / "_done").is_file():
-        write_pseudo_masks(propagated_maps(experiment, split, params), experiment.dataset(split), out, thr,
-                           progress=experiment.progress)
-        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return out
+    key = {"stage": "pseudo_labels", "maps": digest(propagation_key(experiment, split, params)), "bg_threshold": thr}
+    return cached_folder(experiment.run_dir / "pseudo_labels" / f"{split}_{params.tag()}_thr{thr:.2f}", key,
+                         lambda out: write_pseudo_masks(propagated_maps(experiment, split, params),
+                                                        experiment.dataset(split), out, thr,
+                                                        progress=experiment.progress),
+                         f"pseudo labels of {split}")
 
 
 # ---------------------------------------------------------------------------------- contour quality
@@ -664,24 +672,22 @@ def contour_scores(experiment: Any, split: str | None = None, scales: Sequence[f
     in background; inside also beyond `INSIDE_DEPTHS_PX`), contour maps upsampled to image
     resolution against the GT label boundaries. Cached per split and scales."""
     split = split or experiment.config.eval_split
-    path = experiment.run_dir / f"contours_{split}_{scales_tag(scales, flip)}.json"
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if all(f"share_inside_beyond_{d:g}px" in cached for d in INSIDE_DEPTHS_PX):
-            return cached
-    method, device = experiment.trained_method(), experiment.device
-    fmeter, mass = ContourFMeter(), ContourMassMeter(depths_px=INSIDE_DEPTHS_PX)
-    for group in size_grouped_batches(experiment.dataset(split)):
-        images = torch.stack([s["image"] for s in group]).to(device)
-        boundary = F.interpolate(tta_maps(method, images, scales, flip)[:, :1], size=images.shape[-2:],
-                                 mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
-        for prob, s in zip(boundary, group):
-            gt = s["mask"].numpy()
-            fmeter.update(prob, gt_boundaries(gt))
-            mass.update(prob, gt)
-    scores = {**fmeter.scores(), **mass.scores()}
-    write_json(path, scores)
-    return scores
+    key = experiment.stage_key("contours", split, scales=list(scales), flip=flip, depths_px=list(INSIDE_DEPTHS_PX))
+
+    def compute() -> dict[str, Any]:
+        method, device = experiment.trained_method(), experiment.device
+        fmeter, mass = ContourFMeter(), ContourMassMeter(depths_px=INSIDE_DEPTHS_PX)
+        for group in size_grouped_batches(experiment.dataset(split)):
+            images = torch.stack([s["image"] for s in group]).to(device)
+            boundary = F.interpolate(tta_maps(method, images, scales, flip)[:, :1], size=images.shape[-2:],
+                                     mode="bilinear", align_corners=False)[:, 0].cpu().numpy()
+            for prob, s in zip(boundary, group):
+                gt = s["mask"].numpy()
+                fmeter.update(prob, gt_boundaries(gt))
+                mass.update(prob, gt)
+        return {**fmeter.scores(), **mass.scores()}
+
+    return cached_json(experiment.run_dir / f"contours_{split}_{scales_tag(scales, flip)}.json", key, compute)["result"]
 
 
 # ---------------------------------------------------------------------------------- notebook views

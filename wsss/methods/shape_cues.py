@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wsss.cache import cached_folder
 from wsss.inference import head_scales, multiscale_maps, scales_tag, size_grouped_batches
 from wsss.io import IGNORE_INDEX, save_label_png
 from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
@@ -413,18 +414,18 @@ class ShapeCues(WSSSMethod):
         alone on small images: `head_scales`; flips), as label PNGs in `<run>/decoder_masks/<split>_s<scales>`."""
         c = experiment.config
         scales = head_scales(c.scales, experiment.crop_size())
-        out = experiment.run_dir / "decoder_masks" / f"{split}_{scales_tag(scales, c.flip)}"
-        if (out / "_done").is_file():
-            return out
-        model = experiment.trained_method()
-        out.mkdir(parents=True, exist_ok=True)
-        for group in size_grouped_batches(experiment.dataset(split)):
-            images = torch.stack([s["image"] for s in group]).to(experiment.device)
-            labels = torch.stack([s["label"] for s in group]).to(experiment.device)
-            for s, mask in zip(group, decoder_masks(model, images, labels, scales, c.flip)):
-                save_label_png(out / f"{s['id']}.png", mask)
-        (out / "_done").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        return out
+        key = experiment.stage_key("decoder_masks", split, scales=list(scales), flip=c.flip)
+
+        def build(out: Path) -> None:
+            model = experiment.trained_method()
+            for group in size_grouped_batches(experiment.dataset(split)):
+                images = torch.stack([s["image"] for s in group]).to(experiment.device)
+                labels = torch.stack([s["label"] for s in group]).to(experiment.device)
+                for s, mask in zip(group, decoder_masks(model, images, labels, scales, c.flip)):
+                    save_label_png(out / f"{s['id']}.png", mask)
+
+        return cached_folder(experiment.run_dir / "decoder_masks" / f"{split}_{scales_tag(scales, c.flip)}", key,
+                             build, f"decoder masks of {split}")
 
 
 @torch.no_grad()
