@@ -32,7 +32,7 @@ from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.models.backbones import weights_digest
 from wsss.pseudo import write_pseudo_masks
 from wsss.refine.crf import CRFParams
-from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
+from wsss.train import TrainConfig, TrainResult, device_named, load_model, split_train_overrides, train
 
 # Training recipes per SynthVOC preset, sized for the machine each preset targets.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -177,8 +177,7 @@ class Experiment:
 
     @property
     def device(self) -> torch.device:
-        name = self.config.train.device
-        return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+        return device_named(self.config.train.device)
 
     def crop_size(self) -> int:
         if self.config.crop_size:
@@ -218,8 +217,20 @@ class Experiment:
 
     # ------------------------------------------------------------------ stages
 
+    def cam_run(self) -> "Experiment":
+        """The CAM baseline run a method builds on: method "cam" on the same data, preset, backbone
+        and seed with the preset's recipe (the run notebook 01 trains)."""
+        c = self.config
+        cfg = ExperimentConfig.for_preset(c.preset, method="cam", data_root=c.data_root, data_seed=c.data_seed,
+                                          backbone=c.backbone, pretrained=c.pretrained, crop_size=c.crop_size,
+                                          seed=c.train.seed, run_root=c.run_root)
+        return Experiment(cfg, progress=self.progress)
+
     def train(self, resume: bool = True) -> TrainResult:
         ds = self.dataset(self.config.train_split, train=True)
+        m = self.method
+        if m.backbone_init == "cam" and not bool(m.initialized):  # a resumed run's checkpoint then replaces it
+            m.start_backbone_from(self.cam_run().trained_method())
         cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
         return train(self.method, ds, cfg, self.run_dir, resume=resume)
 

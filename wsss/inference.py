@@ -67,6 +67,11 @@ def multiscale_maps(map_fn: MapFn, images: torch.Tensor, scales: Sequence[float]
     return total
 
 
+def at_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, H, W) label-like map -> (B, h, w), sampling each cell's centre pixel."""
+    return F.interpolate(x[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(x.dtype)
+
+
 def normalize_present(maps: torch.Tensor, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Keep the present classes of one image's (K, H, W) maps and scale each to max 1."""
     keys = torch.nonzero(label > 0.5).flatten()

@@ -25,7 +25,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from torchvision.models.segmentation.deeplabv3 import ASPP
 from tqdm.auto import tqdm
 
 from wsss.data.transforms import train_transform
@@ -37,6 +36,7 @@ from wsss.inference import multiscale_maps
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod
 from wsss.models.backbones import build_backbone, load_pretrained, weights_digest
+from wsss.models.heads import deeplabv3_head
 from wsss.paths import portable, runs_dir
 from wsss.refine.crf import CRFParams, dense_crf
 from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
@@ -71,7 +71,7 @@ class SegmentationNet(WSSSMethod):
         if model == "small_aspp":
             backbone = build_backbone("small", pretrained)
             rates = atrous_rates or (2, 4, 6)  # 12x12 features at 96 px: VOC's (12, 24, 36) would see padding
-            head: nn.Module = _aspp_head(backbone.out_channels, num_classes + 1, rates, width=128)
+            head: nn.Module = deeplabv3_head(backbone.out_channels, num_classes + 1, rates, width=128)
         elif model == "deeplabv3_resnet50":
             net = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
                                                                      num_classes=num_classes + 1, aux_loss=False)
@@ -102,12 +102,6 @@ class SegmentationNet(WSSSMethod):
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities of background + classes (what multi-scale inference averages)."""
         return self.logits(images).float().softmax(dim=1)
-
-
-def _aspp_head(in_channels: int, out_classes: int, rates: tuple[int, ...], width: int) -> nn.Sequential:
-    """torchvision's DeepLabHead with a chosen width (its own is fixed at 256 channels)."""
-    return nn.Sequential(ASPP(in_channels, list(rates), width), nn.Conv2d(width, width, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Conv2d(width, out_classes, 1))
 
 
 @dataclass

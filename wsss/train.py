@@ -129,10 +129,14 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def device_named(name: str) -> torch.device:
+    """"auto": CUDA when present, else the CPU; any other name as torch spells it."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
 def resolve_device(name: str, info: DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    """The device of this process: `device_named(name)`, on this rank's GPU under torchrun."""
+    device = device_named(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank)
     if device.type == "cuda":
@@ -347,8 +351,7 @@ def train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfi
 
 def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConfig, run_dir: Path,
            resume: bool, interrupted: Callable[[], bool]) -> TrainResult:
-    probe_device = "cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else cfg.device
-    info = init_distributed(torch.device(probe_device).type if probe_device != "auto" else "cpu")
+    info = init_distributed(device_named(cfg.device).type)
     device = resolve_device(cfg.device, info)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ refinement and metrics are shared.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn as nn
@@ -16,6 +16,43 @@ import torch.nn.functional as F
 from wsss.models.backbones import Backbone, build_backbone
 
 Batch = dict[str, Any]
+
+
+class RunView(Protocol):
+    """What a method sees of the run that trains it (`wsss.experiment.Experiment` is one): its
+    config, folder and device, its data, its trained model, the CAM baseline run it builds on,
+    and the cache keys and scores of the shared stages. A method never reaches further."""
+
+    config: Any
+    run_dir: Path
+    data_root: Path
+    progress: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def method(self) -> "WSSSMethod": ...
+
+    def dataset(self, split: str, train: bool = False) -> Any: ...
+
+    def crop_size(self) -> int: ...
+
+    def trained_method(self) -> "WSSSMethod": ...
+
+    def cam_run(self) -> "RunView": ...
+
+    def class_maps(self, split: str | None = None) -> Path: ...
+
+    def class_maps_key(self, split: str) -> dict[str, Any]: ...
+
+    def best_threshold(self, split: str | None = None) -> float: ...
+
+    def stage_key(self, stage: str, split: str, model_dir: Path | None = None, **settings: Any) -> dict[str, Any]: ...
+
+    def evaluate_masks(self, pred_dir: Path, split: str | None = None) -> dict[str, Any]: ...
+
+    def provenance(self, split: str, bg_threshold: float | None, crf: bool) -> dict[str, Any]: ...
 
 
 class WSSSMethod(nn.Module):
@@ -37,6 +74,9 @@ class WSSSMethod(nn.Module):
     # Changes to the training recipe of a preset for this method, e.g. a shorter schedule where the
     # method costs several times a CAM per image: {"quick": {"epochs": 3}}.
     recipe_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    # "cam": the backbone starts from the CAM baseline run's, as the papers' start from an ImageNet
+    # classifier; the orchestrator loads it once before training (see `declare_backbone_init`).
+    backbone_init: str | None = None
 
     def __init__(self, num_classes: int, backbone: Backbone) -> None:
         super().__init__()
@@ -56,19 +96,32 @@ class WSSSMethod(nn.Module):
     def after_optimizer_step(self, progress: float) -> None:
         return None
 
-    def pseudo_labels(self, experiment: Any, split: str) -> Path | None:
+    def declare_backbone_init(self, backbone_init: str | None) -> None:
+        """Start the backbone from the CAM run (`"cam"`) or not (None). A buffer saved with the
+        model records that it was done, so a resumed run does not do it twice."""
+        if backbone_init not in (None, "cam"):
+            raise ValueError(f"backbone_init must be None or 'cam', got {backbone_init!r}")
+        self.backbone_init = backbone_init
+        self.initialized: torch.Tensor
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def start_backbone_from(self, source: "WSSSMethod") -> None:
+        self.backbone.load_state_dict(source.backbone.state_dict())
+        self.initialized.fill_(True)
+
+    def pseudo_labels(self, experiment: RunView, split: str) -> Path | None:
         """Final pseudo masks of `split` as a folder of label PNGs, for methods whose paper refines
         class maps its own way (random walk, SPR, a decoder's output). None: the shared path,
         thresholded class maps at the best background threshold of the sweep."""
         return None
 
-    def training_masks(self, experiment: Any, split: str) -> dict[str, Path]:
+    def training_masks(self, experiment: RunView, split: str) -> dict[str, Path]:
         """Per-image label folders ({name: folder of `<id>.png`}) the training batches of `split`
         need, made here from earlier stages (SANCE: its CAM seeds). They are augmented with the
         image (255 on crop padding) and arrive as `batch[f"{name}_mask"]`, (B, H, W) int64."""
         return {}
 
-    def saliency_folder(self, experiment: Any) -> Path | None:
+    def saliency_folder(self, experiment: RunView) -> Path | None:
         """Folder of the saliency maps (`<id>.png`) for methods that `require` saliency; None: the
         dataset's own (`ExperimentConfig.saliency_dir`, else `<root>/SaliencyMaps`)."""
         return None

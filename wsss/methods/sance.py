@@ -50,12 +50,13 @@ from tqdm.auto import tqdm
 
 from wsss.cache import cached_folder, cached_json, digest
 from wsss.data.transforms import denormalize_image
-from wsss.inference import (SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, scales_tag,
+from wsss.inference import (SMALL_IMAGE, at_size, head_scales, load_cam, multiscale_maps, save_cam, scales_tag,
                             size_grouped_batches)
 from wsss.io import IGNORE_INDEX, save_label_png
-from wsss.methods.base import Batch, WSSSMethod, register_method
+from wsss.methods.base import Batch, RunView, WSSSMethod, register_method
 from wsss.metrics import ContourFMeter, ContourMassMeter, gt_boundaries
 from wsss.models.backbones import Backbone
+from wsss.models.heads import DeepLabV2ASPP
 from wsss.refine.crf import CRFParams, crf_labels
 from wsss.refine.random_walk import (
     affinity_from_boundary,
@@ -109,19 +110,6 @@ def _label_crf(image: np.ndarray, labels: np.ndarray, n: int, params: CRFParams)
     return crf_labels(image, probs, None, params)
 
 
-def cam_experiment(experiment: Any, **overrides: Any) -> Any:
-    """The CAM baseline run a second stage builds on: method "cam" on the same data, preset, backbone
-    and seed with the preset's recipe (the run notebook 01 trains), plus `overrides`."""
-    from wsss.experiment import Experiment, ExperimentConfig
-
-    c = experiment.config
-    cfg = ExperimentConfig.for_preset(c.preset, **{
-        "method": "cam", "data_root": c.data_root, "data_seed": c.data_seed, "backbone": c.backbone,
-        "pretrained": c.pretrained, "crop_size": c.crop_size, "seed": c.train.seed, "run_root": c.run_root,
-        **overrides})
-    return Experiment(cfg, progress=experiment.progress)
-
-
 def write_cam_seeds(cam_exp: Any, split: str, fg_threshold: float = 0.30, bg_threshold: float = 0.05,
                     crf: CRFParams | None = SEED_CRF) -> Path:
     """Seed PNGs of every image of `split` from the CAM run's class maps, cached in that run."""
@@ -159,20 +147,6 @@ class ContourBranch(nn.Module):
         sides = [s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear", align_corners=False)
                  for s in sides]
         return self.fuse(torch.cat(sides, dim=1))
-
-
-class ASPP(nn.Module):
-    """DeepLab v2's atrous spatial pyramid pooling head: the sum of dilated 3x3 classifiers."""
-
-    def __init__(self, in_channels: int, num_outputs: int, rates: Sequence[int] = (1, 3, 6, 9)) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_outputs, 3, padding=r, dilation=r) for r in rates)
-        for conv in self.branches:
-            nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(branch(x) for branch in self.branches)
 
 
 # ---------------------------------------------------------------------------------- losses, online labels
@@ -262,11 +236,6 @@ def crf_background(seg_prob: torch.Tensor, label: torch.Tensor, images: np.ndarr
     return torch.from_numpy(out).to(seg_prob.device)
 
 
-def at_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(B, H, W) label-like map -> (B, h, w), sampling each cell's centre pixel."""
-    return F.interpolate(x[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(x.dtype)
-
-
 def small_images(images: torch.Tensor, size: Sequence[int]) -> np.ndarray:
     """Normalized (B, 3, H, W) batch -> (B, h, w, 3) uint8 at the map resolution (area average)."""
     return np.stack([cv2.resize(denormalize_image(im), (size[1], size[0]), interpolation=cv2.INTER_AREA)
@@ -284,31 +253,20 @@ class _ContourMethod(WSSSMethod):
     def __init__(self, num_classes: int, backbone: Backbone, *, seed_fg: float | None = None,
                  seed_bg: float | None = None,
                  seed_crf: bool = True, loss_radius: float = 10.0, loss_power: float = 1.0,
-                 contour_width: int = 32, backbone_init: str | None = "cam",
-                 cam_overrides: dict[str, Any] | None = None, detach_contour: bool = True) -> None:
+                 contour_width: int = 32, backbone_init: str | None = "cam", detach_contour: bool = True) -> None:
         super().__init__(num_classes, backbone)
         if backbone.strides[0] != 4:
             raise ValueError(f"the contour map lives at 1/4 resolution: the first backbone stage must have "
                              f"stride 4, not {backbone.strides[0]}")
-        if backbone_init not in (None, "cam"):
-            raise ValueError(f"backbone_init must be None or 'cam', got {backbone_init!r}")
         self.seed_fg, self.seed_bg, self.seed_crf = seed_fg, seed_bg, seed_crf
         self.loss_offsets: torch.Tensor
         self.register_buffer("loss_offsets", neighbor_offsets(loss_radius, half=True), persistent=False)
         self.loss_power = loss_power
-        self.backbone_init = backbone_init
-        self.cam_overrides = dict(cam_overrides or {})
         self.detach_contour = detach_contour
         self.contour = ContourBranch(backbone.channels, contour_width)
-        # Set once the backbone has been initialized from the CAM run; saved with the model so a
-        # trained model is never overwritten.
-        self.initialized: torch.Tensor
-        self.register_buffer("initialized", torch.tensor(False))
+        self.declare_backbone_init(backbone_init)
 
     # ------------------------------------------------------------------ stage 1
-
-    def cam_experiment(self, experiment: Any) -> Any:
-        return cam_experiment(experiment, **self.cam_overrides)
 
     def seed_thresholds(self, cam_exp: Any) -> tuple[float, float]:
         """(fg, bg) of Eq. 1. Unset ones follow the CAM run's best background threshold t* (its
@@ -322,17 +280,11 @@ class _ContourMethod(WSSSMethod):
         bg = self.seed_bg if self.seed_bg is not None else round(t / 3, 2)
         return fg, bg
 
-    def training_masks(self, experiment: Any, split: str) -> dict[str, Path]:
-        """The CAM seeds of `split` (`seed_mask` in batches); with `backbone_init="cam"` the backbone
-        also starts from the CAM network's, as IRNet's starts from ImageNet weights (a from-scratch
-        backbone has nothing else to start from)."""
-        cam_exp = self.cam_experiment(experiment)
-        seeds = write_cam_seeds(cam_exp, split, *self.seed_thresholds(cam_exp), SEED_CRF if self.seed_crf else None)
-        if self.backbone_init == "cam" and not bool(self.initialized):
-            cam_model = cam_exp.trained_method()
-            self.backbone.load_state_dict(cam_model.backbone.state_dict())
-            self.initialized.fill_(True)
-        return {"seed": seeds}
+    def training_masks(self, experiment: RunView, split: str) -> dict[str, Path]:
+        """The CAM seeds of `split` (`seed_mask` in batches)."""
+        cam_exp = experiment.cam_run()
+        return {"seed": write_cam_seeds(cam_exp, split, *self.seed_thresholds(cam_exp),
+                                        SEED_CRF if self.seed_crf else None)}
 
     # ------------------------------------------------------------------ training pieces
 
@@ -419,7 +371,7 @@ class SANCE(_ContourMethod):
         self.refine, self.refine_for = refine, tuple(refine_for)
         self.online = Propagation(online_radius, online_power, online_steps, online_log2_steps)
         self.online_bg, self.online_start, self.seed_priority = online_bg, online_start, seed_priority
-        self.seg = ASPP(backbone.out_channels, num_classes + 1, aspp_rates)
+        self.seg = DeepLabV2ASPP(backbone.out_channels, num_classes + 1, aspp_rates)
         self.snapshot_indices = frozenset(int(i) for i in snapshot_indices)
         self.snapshots: list[dict[str, Any]] = []
 
@@ -595,8 +547,7 @@ def propagated_maps(experiment: Any, split: str, params: PseudoLabelParams) -> P
 def propagation_key(experiment: Any, split: str, params: PseudoLabelParams) -> dict[str, Any]:
     """The cache key of propagated maps: the run's model and data, the params, and the CAM run's
     class maps when they are the source."""
-    cam = (digest(experiment.method.cam_experiment(experiment).class_maps_key(split)) if params.source == "cam"
-           else None)
+    cam = digest(experiment.cam_run().class_maps_key(split)) if params.source == "cam" else None
     return experiment.stage_key("propagate", split, params=asdict(params), cam_maps=cam)
 
 
@@ -604,7 +555,7 @@ def propagation_key(experiment: Any, split: str, params: PseudoLabelParams) -> d
 def _write_propagated_maps(experiment: Any, split: str, params: PseudoLabelParams, out: Path) -> None:
     method, device = experiment.trained_method(), experiment.device
     ds = experiment.dataset(split)
-    cam_dir = method.cam_experiment(experiment).class_maps(split) if params.source == "cam" else None
+    cam_dir = experiment.cam_run().class_maps(split) if params.source == "cam" else None
     walk = Propagation(params.radius, params.power, params.steps)
     bar = tqdm(total=len(ds), desc=f"random walk -> {out.name}", disable=not experiment.progress, dynamic_ncols=True)
     for group in size_grouped_batches(ds):

@@ -44,12 +44,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsss.cache import cached_folder
-from wsss.inference import head_scales, multiscale_maps, scales_tag, size_grouped_batches
+from wsss.inference import at_size, head_scales, multiscale_maps, scales_tag, size_grouped_batches
 from wsss.io import IGNORE_INDEX, save_label_png
 from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
-from wsss.methods.sance import at_size, cam_experiment
 from wsss.metrics import ConfusionMeter
 from wsss.models.backbones import Backbone
+from wsss.models.heads import DeepLabV3ASPP, conv_gn_relu
 from wsss.refine.spr import DILATIONS, propagate, pseudo_mask, shifted_stack, spr, spr_affinity
 
 # What SPR's semantic term compares (Eq. 5's s^c): the decoder's class scores, or its probabilities.
@@ -143,26 +143,6 @@ class ShapeCueModule(nn.Module):
 
 
 # ---------------------------------------------------------------------------------- network
-
-
-def _conv(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-                         nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True))
-
-
-class DeepLabV3ASPP(nn.Module):
-    """DeepLabV3's ASPP: 1x1 conv, dilated 3x3 convs, image pooling; concatenated and projected."""
-
-    def __init__(self, in_channels: int, channels: int, rates: Sequence[int]) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList([_conv(in_channels, channels)] +
-                                      [_conv(in_channels, channels, 3, r) for r in rates])
-        self.pool = _conv(in_channels, channels)
-        self.project = _conv(channels * (len(rates) + 2), channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
-        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 
 
 def ngwp(scores: torch.Tensor, probs: torch.Tensor, valid: torch.Tensor | None = None,
@@ -278,8 +258,6 @@ class ShapeCues(WSSSMethod):
                  focal_power: float = 3.0, focal_lam: float = 0.01, bg_cutoff: float | None = None,
                  backbone_lr_mult: float = 0.1, decoder_lr_mult: float | None = 1.0) -> None:
         super().__init__(num_classes, backbone)
-        if backbone_init not in (None, "cam"):
-            raise ValueError(f"backbone_init must be None or 'cam', got {backbone_init!r}")
         if not 0.0 <= mask_start <= 1.0:
             raise ValueError(f"mask_start must lie in [0, 1], got {mask_start}")
         if spr_semantics not in SPR_SEMANTICS:
@@ -289,22 +267,21 @@ class ShapeCues(WSSSMethod):
         self.spr_dilations, self.spr_iterations = tuple(spr_dilations), spr_iterations
         self.cutoff, self.floor = cutoff, floor
         self.region_radius, self.margin = region_radius, margin
-        self.scm_stage, self.mask_start, self.backbone_init = scm_stage, mask_start, backbone_init
+        self.scm_stage, self.mask_start = scm_stage, mask_start
         self.size_penalty, self.focal_power, self.focal_lam = size_penalty, focal_power, focal_lam
         self.bg_cutoff = bg_cutoff
         self.backbone_lr_mult, self.decoder_lr_mult = backbone_lr_mult, decoder_lr_mult
         width = width or min(256, backbone.out_channels // 2)
         rates = tuple(aspp_rates) if aspp_rates else ((6, 12, 18) if backbone.output_stride >= 16 else (2, 4, 6))
         self.aspp = DeepLabV3ASPP(backbone.out_channels, width, rates)
-        self.low = _conv(backbone.channels[0], width // 2)
+        self.low = conv_gn_relu(backbone.channels[0], width // 2)
         self.scm = (ShapeCueModule(backbone.channels[scm_stage], width // 2, scm_radius, scm_samples,
                                    scm_bandwidth, scm_tau, scm_drop_rate) if scm else None)
         # Four decoder layers: low-level projection, two 3x3 convs, classifier.
         fused = width + width // 2 + (width // 2 if scm else 0)
-        self.decoder = nn.Sequential(_conv(fused, width, 3), _conv(width, width, 3))
+        self.decoder = nn.Sequential(conv_gn_relu(fused, width, 3), conv_gn_relu(width, width, 3))
         self.classifier = nn.Conv2d(width, num_classes, 1)
-        self.initialized: torch.Tensor
-        self.register_buffer("initialized", torch.tensor(False))
+        self.declare_backbone_init(backbone_init)
 
     def new_modules(self) -> list[nn.Module]:
         return [m for m in (self.aspp, self.low, self.scm, self.decoder, self.classifier) if m is not None]
@@ -322,13 +299,6 @@ class ShapeCues(WSSSMethod):
         return groups
 
     # ------------------------------------------------------------------ backbone from the CAM run
-
-    def training_masks(self, experiment: Any, split: str) -> dict[str, Path]:
-        """No extra masks; with `backbone_init="cam"` the backbone starts from the CAM baseline's."""
-        if self.backbone_init == "cam" and not bool(self.initialized):
-            self.backbone.load_state_dict(cam_experiment(experiment).trained_method().backbone.state_dict())
-            self.initialized.fill_(True)
-        return {}
 
     # ------------------------------------------------------------------ network
 

@@ -1,0 +1,57 @@
+"""Segmentation heads shared by the methods and the final stage (moved here unchanged, so the
+parameter names in saved models stay the same).
+
+- `DeepLabV2ASPP`: DeepLab v2's atrous spatial pyramid pooling classifier, the sum of dilated 3x3
+  convolutions (SANCE's segmentation branch).
+- `DeepLabV3ASPP`: DeepLab v3's ASPP with GroupNorm, for batches of a few small crops (shape cues'
+  single-stage network); `conv_gn_relu` is its building block.
+- `deeplabv3_head`: torchvision's DeepLab v3 head (BatchNorm) at a chosen width (the final stage).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+
+class DeepLabV2ASPP(nn.Module):
+    """DeepLab v2's atrous spatial pyramid pooling head: the sum of dilated 3x3 classifiers."""
+
+    def __init__(self, in_channels: int, num_outputs: int, rates: Sequence[int] = (1, 3, 6, 9)) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_outputs, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.branches:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.branches)
+
+
+def conv_gn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                         nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True))
+
+
+class DeepLabV3ASPP(nn.Module):
+    """DeepLabV3's ASPP: 1x1 conv, dilated 3x3 convs, image pooling; concatenated and projected."""
+
+    def __init__(self, in_channels: int, channels: int, rates: Sequence[int]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList([conv_gn_relu(in_channels, channels)] +
+                                      [conv_gn_relu(in_channels, channels, 3, r) for r in rates])
+        self.pool = conv_gn_relu(in_channels, channels)
+        self.project = conv_gn_relu(channels * (len(rates) + 2), channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
+
+
+def deeplabv3_head(in_channels: int, out_classes: int, rates: Sequence[int], width: int) -> nn.Sequential:
+    """torchvision's DeepLabHead with a chosen width (its own is fixed at 256 channels)."""
+    return nn.Sequential(ASPP(in_channels, list(rates), width), nn.Conv2d(width, width, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Conv2d(width, out_classes, 1))
