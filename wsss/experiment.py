@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -120,6 +120,26 @@ def config_hash(config: dict[str, Any]) -> str:
     if digest:
         d["pretrained_digest"] = digest
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def experiment_factory(preset: str, progress: bool = True, **shared: Any) -> Callable[..., "Experiment"]:
+    """What a notebook builds its runs with: `make(method, **kwargs)` is a run of `method` with the
+    notebook's `shared` settings (data_root, backbone, pretrained, epochs, batch_size, lr, seed, ...).
+    Keywords of `make` that name an ExperimentConfig or TrainConfig setting (epochs, train_split, ...)
+    override the shared ones; every other keyword is a method option. None means "the preset's
+    default", so notebook parameters pass straight through."""
+    settings = {f.name for f in fields(ExperimentConfig)} | {f.name for f in fields(TrainConfig)}
+
+    def make(method: str, **kwargs: Any) -> Experiment:
+        clash = settings & set(method_defaults(method))
+        if clash:  # an option spelled like a setting would be taken for the setting
+            raise ValueError(f"method {method} has options named like run settings: {sorted(clash)}")
+        options = {k: v for k, v in kwargs.items() if k not in settings}
+        overrides = {**shared, **{k: v for k, v in kwargs.items() if k in settings}}
+        return Experiment(ExperimentConfig.for_preset(preset, method=method, method_options=options, **overrides),
+                          progress=progress)
+
+    return make
 
 
 def method_defaults(method: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -50,6 +50,12 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
                             ha="right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def titled_grid(rows: Sequence[Mapping[str, np.ndarray]], row_labels: Sequence[str] | None = None,
+                size: float = 1.8) -> plt.Figure:
+    """`image_grid` from rows of {title: image}: each row names its own panels."""
+    return image_grid([list(r.values()) for r in rows], [list(r) for r in rows], row_labels, size)
 
 
 def plot_curves(logs: dict[str, list[dict[str, float]]], keys: Sequence[str] = ("loss",), smooth: int = 10) -> plt.Figure:
