@@ -12,7 +12,7 @@ from wsss.data import synthvoc
 from wsss.experiment import ExperimentConfig, config_hash
 from wsss.models.backbones import build_backbone, weights_digest
 from wsss.pretrain import PretrainConfig, average_precision, pretrain, render_corpus
-from wsss.segmentation import SegConfig
+from wsss.stages.final import SegConfig
 
 
 def test_average_precision_on_hand_made_rankings() -> None:

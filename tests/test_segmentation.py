@@ -13,7 +13,7 @@ import torchvision
 from wsss.evaluation import evaluate_label_dir
 from wsss.experiment import Experiment, ExperimentConfig
 from wsss.io import load_label_png, save_label_png
-from wsss.segmentation import FinalStage, SegConfig, SegmentationNet, threshold_of_masks
+from wsss.stages.final import FinalStage, SegConfig, SegmentationNet, threshold_of_masks
 
 FAST = dict(max_steps=4, batch_size=4, lr=5e-3, ckpt_every=1000)
 

@@ -18,16 +18,16 @@ import matplotlib.pyplot as plt
 from wsss import viz
 from wsss.experiment import Experiment, ExperimentConfig
 from wsss.io import load_label_png
-from wsss.methods.base import WSSSMethod, available_methods, method_class
+from wsss.methods.base import WSSSMethod, available_methods, main_methods, method_class
 from wsss.paper_numbers import paper_numbers
 from wsss.report import make_row
-from wsss.segmentation import FinalStage, SegConfig, threshold_of_masks
+from wsss.stages.final import FinalStage, SegConfig, threshold_of_masks
 
-DEFAULT_METHODS = ("cam", "eps", "vwl", "sance", "rcm_mam", "shape_cues")
-
-
-def split_registered(methods: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(registered, missing) among `methods`, order kept."""
+def split_registered(methods: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """(registered, missing) among `methods`, order kept; None: every main method of the registry
+    (those with a notebook), in notebook order."""
+    if methods is None:
+        return main_methods(), []
     known = set(available_methods())
     return [m for m in methods if m in known], [m for m in methods if m not in known]
 

@@ -24,9 +24,18 @@ from wsss.cache import digest
 from wsss.io import write_json
 from wsss.paths import notebooks_dir, portable, project_root, reports_dir
 
-# The demo's order: data first, methods next, the comparison last (it reads the others' runs).
-DEMO_NOTEBOOKS = ("00_dataset", "01_cam_baseline", "02_eps", "03_vwl", "04_sance", "05_rcm_mam",
-                  "06_shape_cues", "07_compare")
+# The notebooks that are not a method's: the dataset first, the comparison last (it reads every
+# method's run).
+DATASET_NOTEBOOK, COMPARE_NOTEBOOK = "00_dataset", "07_compare"
+
+
+def demo_notebooks() -> tuple[str, ...]:
+    """The demo's order: the dataset, each main method's notebook (from the method registry), the
+    comparison."""
+    from wsss.methods.base import main_methods, method_class
+
+    methods = list(dict.fromkeys(method_class(m).notebook for m in main_methods()))
+    return (DATASET_NOTEBOOK, *methods, COMPARE_NOTEBOOK)
 
 
 def resolve_notebook(name: str | os.PathLike) -> Path:
@@ -132,7 +141,7 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     return target
 
 
-def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS, progress: bool = True,
+def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, progress: bool = True,
              jobs: int = 1) -> dict[str, float]:
     """SynthVOC, then `notebooks` into reports/; returns seconds per stage and in total.
 
@@ -143,6 +152,7 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS,
     from wsss.data import synthvoc
     from wsss.report import archive_table
 
+    notebooks = notebooks or demo_notebooks()
     archive_table()  # the demo's table holds the demo's rows; earlier ones go to metrics_history.csv
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -151,8 +161,8 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] = DEMO_NOTEBOOKS,
     present = [n for n in notebooks if (notebooks_dir() / f"{n}.ipynb").is_file()]
     for name in sorted(set(notebooks) - set(present)):
         print(f"[demo] {name}: no such notebook yet, skipped")
-    first = [n for n in present if n.startswith("00_")]
-    last = [n for n in present if n.startswith("07_")]
+    first = [n for n in present if n == DATASET_NOTEBOOK]
+    last = [n for n in present if n == COMPARE_NOTEBOOK]
     middle = [n for n in present if n not in first + last]
     for name in first:
         timings[name] = _timed_notebook(name, preset, progress)
@@ -231,7 +241,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = subparsers.add_parser("demo", help="SynthVOC + every method notebook into reports/, then the summary table")
     d.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
-    d.add_argument("--notebooks", nargs="*", default=list(DEMO_NOTEBOOKS))
+    d.add_argument("--notebooks", nargs="*", default=None,
+                   help="default: the dataset, every main method's notebook, the comparison")
     d.add_argument("--jobs", type=int, default=1,
                    help="method notebooks run side by side (each with cores // jobs threads); default 1")
     d.set_defaults(func=_cmd_demo)
@@ -248,7 +259,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    timings = run_demo(args.preset, tuple(args.notebooks), jobs=args.jobs)
+    timings = run_demo(args.preset, tuple(args.notebooks) if args.notebooks else None, jobs=args.jobs)
     md = reports_dir() / "metrics.md"
     if md.is_file():
         print("\n" + md.read_text())

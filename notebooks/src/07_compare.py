@@ -19,7 +19,7 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
-methods = ["cam", "eps", "vwl", "sance", "rcm_mam", "shape_cues"]
+methods = None  # None: every main method of the registry, in notebook order; or a list of names
 final_methods = None  # None: CAM + the best method by pseudo-mask mIoU, []: no final stage
 upper_bound = True  # train the same network on ground-truth masks
 final_epochs = None  # None: the presets final-stage recipe
@@ -34,7 +34,7 @@ from IPython.display import Markdown, display
 
 from wsss import compare, report, viz
 from wsss.paper_numbers import PAPER_FULLY_SUPERVISED
-from wsss.segmentation import SegConfig
+from wsss.stages.final import SegConfig
 
 run, missing = compare.split_registered(methods)
 for m in missing:
