@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from wsss import viz
-from wsss.cache import stored_result
+from wsss.cache import MARKER, stored_result
 from wsss.data.voc import VOCDataset
 from wsss.inference import load_cam
 from wsss.metrics import confusion_matrix, segmentation_scores
@@ -30,7 +30,7 @@ from wsss.refine.crf import CRFParams
 def runs_with_cams(root: str | os.PathLike | None = None, split: str = "val") -> list[Path]:
     """Run folders under `root` (default: the runs dir) whose class maps of `split` are complete."""
     root = Path(root) if root else runs_dir()
-    return sorted(p for p in root.glob("*") if (p / "cams" / split / "_done").is_file() and (p / "config.json").is_file())
+    return sorted(p for p in root.glob("*") if (p / "cams" / split / MARKER).is_file() and (p / "config.json").is_file())
 
 
 def run_data_root(run: str | os.PathLike) -> Path:
