@@ -69,7 +69,8 @@ class WSSSMethod(nn.Module):
     name: ClassVar[str] = ""
     # The method's notebook (`notebooks/<notebook>.ipynb`, source in notebooks/src/): a method that
     # has one is a main method, which the demo runs and the comparison and explorer list. Variants
-    # and baselines that only a notebook trains (e.g. IRNet's contour baseline) leave it None.
+    # and baselines that only a notebook trains (e.g. IRNet's contour baseline) leave it None; a
+    # subclass is a main method only if it declares a notebook itself.
     notebook: ClassVar[str | None] = None
     # DDP must be told when some parameters get no gradient in a step (e.g. a branch switched on late).
     find_unused_parameters: ClassVar[bool] = False
@@ -179,7 +180,8 @@ def available_methods() -> list[str]:
 def main_methods() -> list[str]:
     """The registered methods that have a notebook, in the order of their notebooks."""
     _import_all()
-    return sorted((n for n, c in _REGISTRY.items() if c.notebook), key=lambda n: (_REGISTRY[n].notebook, n))
+    main = [n for n, c in _REGISTRY.items() if c.__dict__.get("notebook")]  # declared, not inherited
+    return sorted(main, key=lambda n: (_REGISTRY[n].notebook, n))
 
 
 def method_class(name: str) -> type[WSSSMethod]:

@@ -15,6 +15,7 @@ from wsss.models.backbones import Backbone
 @register_method
 class CAM(WSSSMethod):
     name = "cam"
+    notebook = "01_cam_baseline"
 
     def __init__(self, num_classes: int, backbone: Backbone) -> None:
         super().__init__(num_classes, backbone)

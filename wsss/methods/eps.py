@@ -93,6 +93,7 @@ def to_map_size(saliency: torch.Tensor, valid: torch.Tensor | None,
 @register_method
 class EPS(WSSSMethod):
     name = "eps"
+    notebook = "02_eps"
     requires = ("saliency",)
 
     def __init__(self, num_classes: int, backbone: Backbone, tau: float = 0.4, lam: float = 0.5,

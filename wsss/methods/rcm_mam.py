@@ -158,6 +158,7 @@ def _net_forward(parts: nn.ModuleList, images: torch.Tensor) -> tuple[torch.Tens
 @register_method
 class RCMMAM(WSSSMethod):
     name = "rcm_mam"
+    notebook = "05_rcm_mam"
     # Two networks on three scales train about 7x slower per image than a CAM (3.3 vs 24 images/s
     # on one CPU thread): the quick preset's 8 epochs would take an hour on 2 cores, 3 take ~20 min.
     recipe_overrides = {"quick": {"epochs": 3}}

@@ -353,6 +353,7 @@ class SANCE(_ContourMethod):
     """
 
     name = "sance"
+    notebook = "04_sance"
     default_source = "seg"
     refine_modes: ClassVar[tuple[str | None, ...]] = ("crf", None)
 

@@ -246,6 +246,7 @@ class ShapeCues(WSSSMethod):
     stride 16, (2, 4, 6) on the small backbone's 12-cell maps), `mask_start` and `backbone_init`."""
 
     name = "shape_cues"
+    notebook = "06_shape_cues"
 
     def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
                  alpha: float = 0.8, spr_sigma: str = "window", spr_semantics: str = "scores",

@@ -100,6 +100,7 @@ class VisualWordEncoder(nn.Module):
 @register_method
 class VWL(WSSSMethod):
     name = "vwl"
+    notebook = "03_vwl"
 
     def __init__(self, num_classes: int, backbone: Backbone, vwe: bool = True, hspp: bool = True,
                  num_words: int = 256, gamma: float = 2.0, temperature: float = 1.0,
