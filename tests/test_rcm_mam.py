@@ -37,7 +37,7 @@ def _batch(b: int = 4, size: int = 32, k: int = 8) -> dict[str, torch.Tensor]:
 
 
 def test_support_net_gets_no_gradient_and_moves_by_ema_only() -> None:
-    model = _small(ema_warmup=False, momentum=0.9)
+    model = _small(ema_warmup=False, ema_decay=0.9)
     support = list(model.support.parameters())
     assert support and all(not p.requires_grad for p in support)
     optimized = {id(p) for g in model.param_groups() for p in g["params"]}
@@ -52,7 +52,7 @@ def test_support_net_gets_no_gradient_and_moves_by_ema_only() -> None:
     opt.step()
     for p, q in zip(support, before):
         torch.testing.assert_close(p, q, rtol=0, atol=0)  # gradients and the optimizer left it alone
-    main = [p.detach().clone() for p in model._main_parts().parameters()]
+    main = [p.detach().clone() for p in model.main_parts().parameters()]
     assert any(not torch.equal(p, q) for p, q in zip(main, before)), "the MainNet did not train"
     model.after_optimizer_step(0.9)
     for p, q, f in zip(support, before, main):
@@ -60,7 +60,7 @@ def test_support_net_gets_no_gradient_and_moves_by_ema_only() -> None:
 
 
 def test_ema_warmup_averages_the_main_net_before_reaching_alpha() -> None:
-    model = _small(momentum=0.997)
+    model = _small(ema_decay=0.997)
     assert model.ema_momentum() == 0.0  # step 0: the SupportNet becomes a copy of the MainNet
     with torch.no_grad():
         model.classifier.weight.add_(1.0)

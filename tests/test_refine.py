@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.benchmarks.random_walk import sparse_propagate, to_sparse_transition
 from wsss.refine.crf import CRFParams, crf_labels, dense_crf
 from wsss.refine.random_walk import (
     AffinityTargets,
+    _pad_size,
+    _shifted,
     affinity_from_boundary,
     affinity_targets,
     class_balanced_affinity_loss,
     neighbor_offsets,
     path_max,
-    propagate,
-    random_walk_labels,
-    sparse_propagate,
-    to_sparse_transition,
+    random_walk_propagate,
     transition_from_affinity,
     valid_neighbor_mask,
 )
@@ -108,7 +108,7 @@ def test_thin_diagonal_boundary_is_not_jumped():
     assert crossing.any() and torch.all(A[0][crossing] == 0)
     seeds = torch.zeros(1, 1, n, n)
     seeds[0, 0, 5, 1] = 1.0  # below the diagonal
-    out = propagate(seeds, A, off, steps=50)
+    out = random_walk_propagate(seeds, A, off, steps=50)
     assert torch.all(out[0, 0][side > 0] == 0) and torch.all(out[0, 0][side < 0] > 0)
 
 
@@ -167,12 +167,12 @@ def test_propagation_blocked_by_wall(device):
     seeds = torch.zeros(1, 1, h, w, device=device)
     seeds[0, 0, 5, 1] = 1.0
     A, off = affinity_from_boundary(wall_boundary(h, w, col).to(device), radius=5, power=10)
-    out = propagate(seeds, A, off, steps=100)
+    out = random_walk_propagate(seeds, A, off, steps=100)
     assert torch.all(out[..., col + 1 :] == 0)  # never reaches the right side
     assert torch.all(out[..., :col] > 0)  # fills the left side
     # without the wall it crosses
     A0, off0 = affinity_from_boundary(torch.zeros(1, 1, h, w, device=device), radius=5, power=10)
-    out0 = propagate(seeds, A0, off0, steps=100)
+    out0 = random_walk_propagate(seeds, A0, off0, steps=100)
     assert torch.all(out0[..., col + 1 :] > 0)
 
 
@@ -181,7 +181,7 @@ def test_propagation_no_wraparound_at_border():
     x = torch.zeros(1, 1, h, w)
     x[0, 0, :, w - 1] = 1.0  # right border column
     A, off = affinity_from_boundary(torch.zeros(1, 1, h, w), radius=2, power=1)
-    out = propagate(x, A, off, steps=1)
+    out = random_walk_propagate(x, A, off, steps=1)
     assert torch.all(out[..., 0] == 0)  # torch.roll would leak into column 0
     assert torch.all(out[..., w - 2] > 0)
 
@@ -191,7 +191,7 @@ def test_row_normalization_keeps_constant_field(dtype, atol):
     torch.manual_seed(2)
     A, off = affinity_from_boundary(torch.rand(2, 1, 10, 9, dtype=dtype), radius=5, power=3)
     x = torch.full((2, 3, 10, 9), 0.7, dtype=dtype)
-    out = propagate(x, A, off, steps=20)
+    out = random_walk_propagate(x, A, off, steps=20)
     assert out.dtype == dtype
     assert torch.allclose(out, x, atol=atol)
     tr = transition_from_affinity(A, off)
@@ -199,33 +199,20 @@ def test_row_normalization_keeps_constant_field(dtype, atol):
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-6)
 
 
-def test_mass_normalization_preserves_mass():
-    torch.manual_seed(3)
-    A, off = affinity_from_boundary(torch.rand(1, 1, 10, 9), radius=5, power=3)
-    x = torch.rand(1, 2, 10, 9)
-    out = propagate(x, A, off, steps=20, normalization="mass")
-    assert torch.allclose(out.sum((2, 3)), x.sum((2, 3)), rtol=1e-4)
-    assert not torch.allclose(out, x, atol=1e-3)  # it did move mass around
-    with pytest.raises(ValueError):
-        transition_from_affinity(A, off, normalization="nope")
-
-
-def test_without_self_loop_isolated_pixel_goes_to_zero():
+def test_isolated_pixel_keeps_its_score():
     A = torch.zeros(1, 8, 3, 3)
     off = neighbor_offsets(2)
-    out = propagate(torch.ones(1, 1, 3, 3), A, off, steps=1, include_self=False)
-    assert torch.all(out == 0) and torch.isfinite(out).all()
+    x = torch.rand(1, 1, 3, 3)
+    assert torch.equal(random_walk_propagate(x, A, off, steps=3), x)  # the self loop alone
 
 
-@pytest.mark.parametrize("normalization", ["row", "mass"])
-@pytest.mark.parametrize("include_self", [True, False])
-def test_sparse_matches_banded(normalization, include_self):
+def test_sparse_matches_banded():
     torch.manual_seed(4)
     b = torch.rand(2, 1, 8, 7)
     A, off = affinity_from_boundary(b, radius=3, power=2)
     x = torch.rand(2, 4, 8, 7)
-    banded = propagate(x, A, off, steps=6, include_self=include_self, normalization=normalization)
-    T = to_sparse_transition(A, off, include_self=include_self, normalization=normalization)
+    banded = random_walk_propagate(x, A, off, steps=6)
+    T = to_sparse_transition(A, off)
     assert T.layout == torch.sparse_csr and T.shape == (2 * 8 * 7, 2 * 8 * 7)
     sparse = sparse_propagate(x, T, steps=6)
     assert torch.allclose(banded, sparse, atol=1e-5)
@@ -234,10 +221,9 @@ def test_sparse_matches_banded(normalization, include_self):
     xd = x.permute(0, 2, 3, 1).reshape(-1, 4)
     dense = torch.linalg.matrix_power(Td, 6) @ xd
     assert torch.allclose(dense.reshape(2, 8, 7, 4).permute(0, 3, 1, 2), banded, atol=1e-5)
-    if include_self and normalization == "row":
-        D = torch.diag(1.0 / torch.diag(Td))  # D = diag(deg), Td = D^-1 (A + I)
-        sym = D @ Td
-        assert torch.allclose(sym, sym.T, atol=1e-6)  # underlying affinity is symmetric
+    D = torch.diag(1.0 / torch.diag(Td))  # D = diag(deg), Td = D^-1 (A + I)
+    sym = D @ Td
+    assert torch.allclose(sym, sym.T, atol=1e-6)  # underlying affinity is symmetric
 
 
 @pytest.mark.parametrize("h,w,radius", [(5, 3, 3), (4, 2, 5), (1, 9, 3)])
@@ -248,24 +234,31 @@ def test_sparse_transition_tiny_maps_valid_csr(h, w, radius):
     with torch.sparse.check_sparse_tensor_invariants():  # sorted, in-range, consistent
         torch.sparse_csr_tensor(T.crow_indices(), T.col_indices(), T.values(), T.shape)
     x = torch.rand(2, 3, h, w)
-    assert torch.allclose(propagate(x, A, off, 4), sparse_propagate(x, T, 4), atol=1e-6)
+    assert torch.allclose(random_walk_propagate(x, A, off, 4), sparse_propagate(x, T, 4), atol=1e-6)
 
 
-def test_propagate_gradients_flow():
-    b = torch.rand(1, 1, 6, 6, requires_grad=True)
-    A, off = affinity_from_boundary(b, radius=3, power=2)
-    out = propagate(torch.rand(1, 2, 6, 6), A, off, steps=3)
-    out.square().sum().backward()
-    assert b.grad is not None and torch.isfinite(b.grad).all()
-    # the autograd path and the allocation-free no-grad path agree; input untouched
-    x = torch.rand(1, 2, 6, 6)
+def plain_walk(x: torch.Tensor, A: torch.Tensor, off: torch.Tensor, steps: int) -> torch.Tensor:
+    """Reference: each step a fresh weighted sum of zero-padded shifted copies."""
+    tr = transition_from_affinity(A, off)
+    offs = [tuple(o) for o in off.tolist()]
+    p, (h, w) = _pad_size(offs), x.shape[-2:]
+    for _ in range(steps):
+        xp = torch.nn.functional.pad(x, (p, p, p, p))
+        x = x * tr.self_weight + sum(tr.neighbors[:, k:k + 1] * _shifted(xp, p, dy, dx, h, w)
+                                     for k, (dy, dx) in enumerate(offs))
+    return x
+
+
+def test_in_place_walk_matches_the_plain_steps():
+    torch.manual_seed(8)
+    A, off = affinity_from_boundary(torch.rand(2, 1, 6, 7), radius=3, power=2)
+    x = torch.rand(2, 3, 6, 7)
     x0 = x.clone()
-    xg = x.clone().requires_grad_(True)
-    with_grad = propagate(xg, A.detach(), off, steps=5)
-    with torch.no_grad():
-        no_grad = propagate(x, A.detach(), off, steps=5)
-    assert torch.allclose(with_grad, no_grad, atol=1e-6) and torch.equal(x, x0)
-    assert torch.equal(propagate(x, A.detach(), off, steps=0), x)
+    assert torch.allclose(random_walk_propagate(x, A, off, steps=5), plain_walk(x, A, off, 5), atol=1e-6)
+    assert torch.equal(x, x0)  # input untouched
+    assert torch.equal(random_walk_propagate(x, A, off, steps=0), x)
+    with pytest.raises(ValueError):  # not differentiable: refused rather than silently detached
+        random_walk_propagate(x.requires_grad_(), A, off, steps=1)
 
 
 # --------------------------------------------------------------------------- affinity targets / loss
@@ -337,8 +330,8 @@ def test_class_balanced_loss_finite_with_gradients():
     assert loss.dim() == 0 and torch.isfinite(loss) and loss > 0
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    # bare-tensor fallback
-    assert torch.isfinite(class_balanced_affinity_loss(A.detach(), tg.target))
+    with pytest.raises(TypeError):  # the targets, not the bare 1/0/255 tensor
+        class_balanced_affinity_loss(A.detach(), tg.target)
 
 
 def test_class_balanced_loss_values():
@@ -357,50 +350,6 @@ def test_class_balanced_loss_values():
     )
     with pytest.raises(ValueError):
         class_balanced_affinity_loss(half[:, :4], tg)
-
-
-# --------------------------------------------------------------------------- random-walk labels
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_random_walk_labels_respects_wall(device):
-    h, w, col = 16, 17, 8
-    bnd = wall_boundary(h, w, col)[0, 0].to(device)
-    cam = torch.zeros(2, h, w, device=device)
-    cam[0, 6:9, 1:4] = 1.0  # class 15, small blob on the left
-    cam[1, 7:10, 12:15] = 0.8  # class 3, small blob on the right
-    lab = random_walk_labels(cam, bnd, [15, 3], radius=5, power=10, steps=6)
-    assert lab.device.type == device and lab.dtype == torch.long and lab.shape == (h, w)
-    assert torch.all(lab[:, :col] == 15)
-    assert torch.all(lab[:, col + 1 :] == 3)
-    assert torch.all(lab[:, col] == 0)  # wall pixels have (1 - B) = 0 -> background
-    sp = random_walk_labels(cam, bnd, [15, 3], steps=6, method="sparse")
-    assert torch.equal(sp, lab)
-
-
-def test_random_walk_labels_options():
-    h, w = 8, 8
-    cam = np.zeros((1, h, w), np.float32)
-    cam[0, 3:5, 3:5] = 1.0
-    bnd = np.zeros((h, w), np.float32)
-    # few literal steps: the score stays local, far pixels fall to background
-    lab = random_walk_labels(cam, bnd, [7], radius=2, steps=1, log2_steps=False)
-    assert lab[3, 3] == 7 and lab[0, 0] == 0
-    lab, scores = random_walk_labels(cam, bnd, [7], steps=5, out_size=(16, 16), return_scores=True)
-    assert lab.shape == (16, 16) and scores.shape == (2, 16, 16)
-    assert torch.all(scores[0] == 0.25) and scores[1].max() == pytest.approx(1.0)
-    lab = random_walk_labels(cam, bnd, [7], steps=5, scale_factor=4, out_size=(30, 29))
-    assert lab.shape == (30, 29)
-    empty = random_walk_labels(np.zeros((0, h, w), np.float32), bnd, [], out_size=(10, 12))
-    assert empty.shape == (10, 12) and torch.all(empty == 0)
-    with pytest.raises(ValueError):
-        random_walk_labels(cam, bnd, [7, 8])
-    with pytest.raises(ValueError):
-        random_walk_labels(cam, bnd[:4], [7])
-    with pytest.raises(ValueError):
-        random_walk_labels(cam, bnd, [0])
-    with pytest.raises(ValueError):
-        random_walk_labels(cam, bnd, [7], method="dense")
 
 
 # --------------------------------------------------------------------------- dense CRF

@@ -7,25 +7,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from wsss.benchmarks.random_walk import sparse_boundary_random_walk
+from wsss.inference import at_size
 from wsss.methods.base import build_method
-from wsss.methods.sance import (
-    PseudoLabelParams,
-    Propagation,
-    at_size,
-    contour_loss,
-    online_labels,
-    refine_labels,
-    seed_label,
-    walk_present,
-    walk_steps_for,
-)
+from wsss.methods.sance import contour_loss, online_labels, refine_labels
 from wsss.refine.random_walk import (
+    Propagation,
     _path_points,
     affinity_from_boundary,
     boundary_random_walk,
     neighbor_offsets,
     path_max,
+    walk_present,
 )
+from wsss.stages.cam_seeds import SEED_CRF, seed_label
+from wsss.stages.propagation import PseudoLabelParams, walk_steps_for
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -61,18 +57,12 @@ def test_seed_crf_snaps_seeds_to_the_colour_region() -> None:
     cam[0, 4:20, 4:20] = 0.2
     cam[0, 7:17, 7:17] = 0.9
     assert (seed_label(np.array([0]), cam)[6, 6:18] == 255).all()  # without the CRF: unsure
-    seeds = seed_label(np.array([0]), cam, image=image, crf=seed_crf())
+    seeds = seed_label(np.array([0]), cam, image=image, crf=SEED_CRF)
     expected = np.zeros((24, 24), np.uint8)
     expected[6:18, 6:18] = 1
     assert (seeds == expected).all()
     with pytest.raises(ValueError):
-        seed_label(np.array([0]), cam, crf=seed_crf())  # the CRF needs the image
-
-
-def seed_crf():
-    from wsss.methods.sance import SEED_CRF
-
-    return SEED_CRF
+        seed_label(np.array([0]), cam, crf=SEED_CRF)  # the CRF needs the image
 
 
 # ---------------------------------------------------------------------------------- affinities
@@ -113,24 +103,31 @@ def test_one_walk_step_by_hand() -> None:
     assert out[0, 0, 0].tolist() == pytest.approx([(1.5 + 0) / 1.5, 1.5 * 0.5 / 2.5, 0.0])
 
 
+def banded_walk(scores: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return boundary_random_walk(scores, b, radius=5, power=10, steps=6)  # 2**6 steps
+
+
+def sparse_walk(scores: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return sparse_boundary_random_walk(scores, b, radius=5, power=10, steps=2**6)
+
+
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("method", ["banded", "sparse"])
-def test_contour_wall_stops_batched_propagation(device: str, method: str) -> None:
+@pytest.mark.parametrize("walk", [banded_walk, sparse_walk], ids=["banded", "sparse"])
+def test_contour_wall_stops_batched_propagation(device: str, walk) -> None:
     h, w = 10, 12
     scores = torch.zeros(2, 2, h, w, device=device)
     scores[:, 0, 4, 1] = 1.0  # class 0 seeded left
     scores[:, 1, 4, 10] = 1.0  # class 1 seeded right
     b = torch.cat([wall(h, w, 6), torch.zeros(1, 1, h, w)]).to(device)  # image 0 walled, image 1 open
-    out = boundary_random_walk(scores, b, radius=5, power=10, steps=6, method=method)
+    out = walk(scores, b)
     assert torch.all(out[0, 0, :, 7:] == 0) and torch.all(out[0, 1, :, :6] == 0)
     assert torch.all(out[0, 0, :, :6] > 0) and torch.all(out[0, 1, :, 7:] > 0)
     assert torch.all(out[0, :, :, 6] == 0)  # the wall itself holds no score
     assert torch.all(out[1, 0, :, 7:] > 0) and torch.all(out[1, 1, :, :6] > 0)
-    # batched = one image at a time; banded = sparse
-    alone = boundary_random_walk(scores[1:], b[1:], radius=5, power=10, steps=6, method=method)
+    # batched = one image at a time; the library's banded walk = the benchmark's sparse one
+    alone = walk(scores[1:], b[1:])
     assert torch.allclose(out[1:], alone, atol=1e-6)
-    other = boundary_random_walk(scores, b, radius=5, power=10, steps=6,
-                                 method="sparse" if method == "banded" else "banded")
+    other = sparse_walk(scores, b) if walk is banded_walk else banded_walk(scores, b)
     assert torch.allclose(out, other, atol=1e-5)
 
 
@@ -296,9 +293,18 @@ def test_walk_steps_scale_with_the_map() -> None:
         PseudoLabelParams(stride=0)
 
 
+def test_contour_methods_get_the_contour_scores() -> None:
+    from wsss.analysis.contours import contour_scores
+    from wsss.compare import contour_scorer
+
+    assert contour_scorer("sance") is contour_scores and contour_scorer("irn_contour") is contour_scores
+    assert contour_scorer("cam") is None
+
+
 def test_tiny_end_to_end(tiny_root) -> None:
+    from wsss.analysis.contours import contour_scores
     from wsss.experiment import Experiment, ExperimentConfig
-    from wsss.methods.sance import PseudoLabelParams, contour_scores, propagated_pseudo_labels
+    from wsss.stages.propagation import propagated_pseudo_labels
 
     # The session's run folder: the tiny CAM run (stage 1) is the one the notebook tests train.
     cfg = ExperimentConfig.for_preset("tiny", method="sance", data_root=str(tiny_root), max_steps=2)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from wsss.analysis.shape_cues import spr_alpha_sweep
 from wsss.io import IGNORE_INDEX
 from wsss.methods.base import build_method
 from wsss.methods.shape_cues import (
@@ -20,7 +21,6 @@ from wsss.methods.shape_cues import (
     manhattan_offsets,
     region_loss,
     self_information,
-    spr_alpha_sweep,
 )
 from wsss.refine.spr import propagate, pseudo_mask, spr, spr_affinity
 
@@ -208,20 +208,6 @@ def test_learning_rates_keep_the_papers_ratio() -> None:
     assert [g["lr_mult"] for g in m.param_groups()] == [0.1, 1.0]
     m = build_method("shape_cues", 3, "small", backbone_init=None, backbone_lr_mult=1.0, decoder_lr_mult=None)
     assert [g["lr_mult"] for g in m.param_groups()] == [1.0, None]
-
-
-def test_pseudo_mask_background_cutoff_and_image_sigma():
-    from wsss.refine.spr import pseudo_mask, spr_affinity
-    # background peak 1.0: at cutoff 0.6 a pixel at 0.65 is background, at bg_cutoff 0.7 it is unsure
-    refined = torch.tensor([[[[1.0, 0.65]], [[0.0, 0.1]]]])
-    assert pseudo_mask(refined, cutoff=0.6)[0, 0].tolist() == [0, 0]
-    assert pseudo_mask(refined, cutoff=0.6, bg_cutoff=0.7)[0, 0].tolist() == [0, 255]
-    image, probs = torch.rand(1, 3, 6, 6), torch.rand(1, 2, 6, 6)
-    a = spr_affinity(image, probs, 0.8, (1, 2), sigma="image")
-    assert torch.allclose(a.sum(dim=2), torch.ones(1, 2, 6, 6))
-    assert not torch.allclose(a, spr_affinity(image, probs, 0.8, (1, 2)))
-    with pytest.raises(ValueError):
-        spr_affinity(image, probs, 0.8, (1, 2), sigma="global")
 
 
 def test_spr_semantic_term_on_decoder_scores_leaves_background_to_colour() -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from wsss.methods.base import build_method
-from wsss.methods.vwl import distinctive_words, hybrid_spatial_pyramid_pool, word_frequencies, word_labels
+from wsss.analysis.vwl import distinctive_words
+from wsss.methods.vwl import hybrid_spatial_pyramid_pool, word_frequencies, word_labels
 
 
 def _batch(b: int = 3, size: int = 32, k: int = 8) -> dict[str, torch.Tensor]:

@@ -8,7 +8,6 @@ the final network on val, and the weak/full ratio against the same network on gr
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -42,8 +41,11 @@ def has_class_maps(method: str) -> bool:
 
 
 def contour_scorer(method: str) -> Callable[[Experiment], dict[str, Any]] | None:
-    """The `contour_scores(experiment)` of methods that predict contours (SANCE's module), else None."""
-    return getattr(sys.modules[method_class(method).__module__], "contour_scores", None)
+    """`wsss.analysis.contours.contour_scores` for methods that predict contours (their class sets
+    `predicts_contours`: SANCE and its contour baseline), else None."""
+    from wsss.analysis.contours import contour_scores
+
+    return contour_scores if getattr(method_class(method), "predicts_contours", False) else None
 
 
 def pseudo_mask_scores(exp: Experiment, split: str = "train") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from wsss.inference import load_cam
 from wsss.io import DatasetError, load_label_png
 from wsss.metrics import BoundaryIoUMeter, ConfusionMeter, ContextFPMeter
-from wsss.pseudo import cam_to_label, cam_to_labels_sweep
+from wsss.stages.pseudo_masks import cam_to_label, cam_to_labels_sweep
 from wsss.refine.crf import CRFParams
 
 DEFAULT_THRESHOLDS = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2).tolist())

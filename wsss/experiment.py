@@ -30,7 +30,7 @@ from wsss.io import write_json
 from wsss.paths import portable, runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.models.backbones import weights_digest
-from wsss.pseudo import write_pseudo_masks
+from wsss.stages.pseudo_masks import write_pseudo_masks
 from wsss.refine.crf import CRFParams
 from wsss.train import TrainConfig, TrainResult, device_named, load_model, split_train_overrides, train
 

@@ -23,7 +23,7 @@ from wsss.data.voc import VOCDataset
 from wsss.inference import load_cam
 from wsss.metrics import confusion_matrix, segmentation_scores
 from wsss.paths import data_dir, runs_dir
-from wsss.pseudo import cam_to_label
+from wsss.stages.pseudo_masks import cam_to_label
 from wsss.refine.crf import CRFParams
 
 

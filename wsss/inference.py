@@ -72,6 +72,21 @@ def at_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].to(x.dtype)
 
 
+def present_with_background(label: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + K) bool: the background channel and the classes of the image label (B, K)."""
+    return torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
+
+
+def pack_present(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) bool -> (channels, kept), each (B, n) with n the largest present count: the indices of
+    each image's present channels first, in channel order, and which of those n are present (the
+    rest pad the rows of images with fewer). Work on present classes only then costs what the
+    image labels hold, not K."""
+    n = int(present.sum(dim=1).max()) if present.numel() else 0
+    channels = present.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]
+    return channels, present.gather(1, channels)
+
+
 def normalize_present(maps: torch.Tensor, label: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Keep the present classes of one image's (K, H, W) maps and scale each to max 1."""
     keys = torch.nonzero(label > 0.5).flatten()

@@ -135,7 +135,7 @@ def cam_example_grid(dataset, cam_dir: str | os.PathLike, n: int, bg_threshold: 
     """Rows of image | CAM of one present class | pseudo mask | ground truth (+ `extra` columns:
     name -> function(sample) returning an image)."""
     from wsss.inference import load_cam
-    from wsss.pseudo import cam_to_label
+    from wsss.stages.pseudo_masks import cam_to_label
 
     rows, titles = [], []
     for index, c in pick_examples(dataset, n):

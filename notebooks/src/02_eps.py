@@ -54,25 +54,20 @@ ablation_epochs = 1  # schedule of every sweep row, CAM included, None: that of 
 from IPython.display import Markdown, display
 
 from wsss import report, viz
-from wsss.experiment import Experiment, ExperimentConfig
-from wsss.methods.eps import example_grid_rows, non_default_options, saliency_dataset, selection_rows
+from wsss.analysis.eps import example_grid_rows, non_default_options, saliency_dataset, selection_rows
+from wsss.experiment import Experiment, experiment_factory
+
+experiment = experiment_factory(preset, data_root=data_root, saliency_dir=saliency_dir, backbone=backbone,
+                                pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
-def experiment(method: str, epochs=epochs, **options) -> Experiment:
-    return Experiment(ExperimentConfig.for_preset(
-        preset, method=method, method_options=options, data_root=data_root, saliency_dir=saliency_dir,
-        backbone=backbone, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
-
-
-def eps_experiment(epochs=epochs, **options) -> Experiment:
+def eps_experiment(**kwargs) -> Experiment:
     """Options equal to the paper's defaults are dropped, so those runs are the main run."""
-    return experiment("eps", epochs, **non_default_options(saliency=saliency, **options))
+    return experiment("eps", **non_default_options(saliency=saliency, **kwargs))
 
 
 # The CAM baseline never reads saliency: saliency_dir only changes its config hash, so leave it out.
-baseline = Experiment(ExperimentConfig.for_preset(
-    preset, method="cam", data_root=data_root, backbone=backbone, pretrained=pretrained, epochs=epochs,
-    batch_size=batch_size, lr=lr, seed=seed))
+baseline = experiment("cam", saliency_dir=None)
 exp = eps_experiment()
 print("CAM run:", baseline.run_dir.name)
 print("EPS run:", exp.run_dir.name)
@@ -128,8 +123,7 @@ display(Markdown(viz.markdown_table(per_class, list(per_class[0]), percent=list(
 # %%
 model, sal_ds = exp.trained_method(), saliency_dataset(exp, exp.config.eval_split)
 picks = viz.pick_examples(sal_ds, n_examples)
-grid, titles = example_grid_rows(model, sal_ds, picks, exp.device)
-viz.save_figure(viz.image_grid(grid, titles), "02_eps_maps");
+viz.save_figure(viz.titled_grid(example_grid_rows(model, sal_ds, picks, exp.device)), "02_eps_maps");
 
 # %% [markdown]
 # ## Map selection per class

@@ -45,15 +45,12 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from wsss import report, viz
-from wsss.experiment import Experiment, ExperimentConfig
-from wsss.methods.vwl import (ABLATION_ROWS, branch_cams, distinctive_words, word_examples, word_map_at,
-                              word_usage)
+from wsss.analysis.vwl import (ABLATION_ROWS, branch_cams, distinctive_words, word_examples, word_map_at,
+                               word_usage)
+from wsss.experiment import Experiment, experiment_factory
 
-
-def experiment(method: str, epochs=epochs, **options) -> Experiment:
-    return Experiment(ExperimentConfig.for_preset(
-        preset, method=method, method_options=options, data_root=data_root, backbone=backbone,
-        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+experiment = experiment_factory(preset, data_root=data_root, backbone=backbone, pretrained=pretrained,
+                                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def vwl_experiment(vwe: bool = True, hspp: bool = True, epochs=epochs) -> Experiment:
@@ -122,18 +119,18 @@ def word_colors(words: np.ndarray) -> np.ndarray:
     return viz.heat((words * 0.618034) % 1.0, cmap="hsv")  # golden-ratio hues: neighbouring ids differ
 
 
-grid, titles = [], []
+grid = []
 for index, c in viz.pick_examples(ds, n_examples):
     sample, raw = ds[index], ds.load(index)
     keys, maps = branch_cams(model, sample["image"].to(exp.device), sample["label"], exp.config.scales,
                              exp.config.flip)
-    k = list(keys).index(c)
-    grid.append([raw["image"], *(viz.overlay(raw["image"], maps[n][k]) for n in ("image", "word", "fused")),
-                 word_colors(word_map_at(model, sample["image"].to(exp.device))), viz.colorize(raw["mask"])])
-    name = exp.class_names[c]
-    titles.append([raw["id"], f"image branch: {name}", f"word branch: {name}", "max", "visual words",
-                   "ground truth"])
-viz.save_figure(viz.image_grid(grid, titles), "03_vwl_branches");
+    k, name = list(keys).index(c), exp.class_names[c]
+    grid.append({raw["id"]: raw["image"], f"image branch: {name}": viz.overlay(raw["image"], maps["image"][k]),
+                 f"word branch: {name}": viz.overlay(raw["image"], maps["word"][k]),
+                 "max": viz.overlay(raw["image"], maps["fused"][k]),
+                 "visual words": word_colors(word_map_at(model, sample["image"].to(exp.device))),
+                 "ground truth": viz.colorize(raw["mask"])})
+viz.save_figure(viz.titled_grid(grid), "03_vwl_branches");
 
 # %% [markdown]
 # ## Word usage per class

@@ -48,27 +48,21 @@ n_history = 4  # online-label snapshots shown per training image
 from IPython.display import Markdown, display
 
 from wsss import report, viz
+from wsss.analysis.contours import contour_scores
+from wsss.analysis.sance import example_contours, online_label_history, pseudo_label_scores
 from wsss.data.voc import read_mask
-from wsss.experiment import Experiment, ExperimentConfig
+from wsss.experiment import experiment_factory
 from wsss.inference import load_cam
-from wsss.methods.sance import (PseudoLabelParams, contour_scores, example_contours, online_label_history,
-                                propagated_pseudo_labels, pseudo_label_scores)
+from wsss.stages.propagation import PseudoLabelParams, propagated_pseudo_labels
 
-
-def experiment(method: str, epochs=epochs, train_split=None, **options) -> Experiment:
-    return Experiment(ExperimentConfig.for_preset(
-        preset, method=method, method_options=options, data_root=data_root, backbone=backbone,
-        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, train_split=train_split))
-
-
-def ablation(method: str, **options) -> Experiment:
-    return experiment(method, epochs=ablation_epochs, train_split=ablation_split, **options)
-
-
+experiment = experiment_factory(preset, data_root=data_root, backbone=backbone, pretrained=pretrained, epochs=epochs,
+                                batch_size=batch_size, lr=lr, seed=seed)
+ablation = {"epochs": ablation_epochs, "train_split": ablation_split}  # the schedule of the Table 1 and 2 rows
 cam = experiment("cam")  # stage 1, the run of notebook 01
 main = experiment("sance")
-runs = {"baseline": ablation("irn_contour"), "baseline (tuned backbone)": ablation("irn_contour", detach_contour=False),
-        "SANCE-naive": ablation("sance", refine=None), "SANCE": ablation("sance")}
+runs = {"baseline": experiment("irn_contour", **ablation),
+        "baseline (tuned backbone)": experiment("irn_contour", detach_contour=False, **ablation),
+        "SANCE-naive": experiment("sance", refine=None, **ablation), "SANCE": experiment("sance", **ablation)}
 split = main.config.eval_split
 size = main.crop_size()  # picks the paper's walk or its small-image adaptation
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
@@ -104,12 +98,12 @@ viz.save_figure(viz.plot_curves({name: exp.train_log() for name, exp in runs.ite
 ds = main.dataset(split)
 indices = [i for i, _ in viz.pick_examples(ds, n_examples)]
 contours = {name: example_contours(exp, indices) for name, exp in runs.items()}
-grid, titles = [], []
+grid = []
 for j, i in enumerate(indices):
     raw = ds.load(i)
-    grid.append([raw["image"], viz.colorize(raw["mask"]), *(viz.heat(contours[name][j]) for name in runs)])
-    titles.append([raw["id"], "ground truth", *runs])
-viz.save_figure(viz.image_grid(grid, titles), "04_sance_contours");
+    grid.append({raw["id"]: raw["image"], "ground truth": viz.colorize(raw["mask"]),
+                 **{name: viz.heat(contours[name][j]) for name in runs}})
+viz.save_figure(viz.titled_grid(grid), "04_sance_contours");
 
 # %% [markdown]
 # ## Propagation results
@@ -119,20 +113,20 @@ viz.save_figure(viz.image_grid(grid, titles), "04_sance_contours");
 # the best of the validation sweep, as for the CAM rows.
 
 # %%
-maps = {"baseline": (runs["baseline"], PseudoLabelParams.for_source("cam", size)),
-        "SANCE-naive": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size)),
-        "SANCE": (runs["SANCE"], PseudoLabelParams.for_source("seg", size))}
+maps = {"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_source("cam", size)),
+        "SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size)),
+        "SANCE: seg walk": (runs["SANCE"], PseudoLabelParams.for_source("seg", size))}
 label_dirs = {name: propagated_pseudo_labels(exp, split, params) for name, (exp, params) in maps.items()}
 cam_dir = cam.class_maps(split)
-grid, titles = [], []
+grid = []
 for i in indices:
     raw = ds.load(i)
     _, cam_maps = load_cam(cam_dir / f"{raw['id']}.npz")
     cam_max = cam_maps.max(axis=0) if len(cam_maps) else raw["image"][..., 0] * 0.0
-    grid.append([viz.overlay(raw["image"], cam_max), *(viz.colorize(read_mask(d / f"{raw['id']}.png"))
-                                                      for d in label_dirs.values()), viz.colorize(raw["mask"])])
-    titles.append(["CAM", "baseline: CAM walk", "SANCE-naive: seg walk", "SANCE: seg walk", "ground truth"])
-viz.save_figure(viz.image_grid(grid, titles), "04_sance_propagation");
+    grid.append({"CAM": viz.overlay(raw["image"], cam_max),
+                 **{name: viz.colorize(read_mask(d / f"{raw['id']}.png")) for name, d in label_dirs.items()},
+                 "ground truth": viz.colorize(raw["mask"])})
+viz.save_figure(viz.titled_grid(grid), "04_sance_propagation");
 
 # %% [markdown]
 # ## Online labels over training
@@ -146,12 +140,13 @@ model = runs["SANCE"].trained_method()
 grid, labels = [], []
 for index in sorted(model.snapshot_indices)[:2]:
     for shot in online_label_history(model, index, n_history):
-        grid.append([shot["image"].numpy(), viz.colorize(shot["seed"].numpy()), viz.colorize(shot["online"].numpy()),
-                     viz.colorize(shot["refined"].numpy()), viz.heat(shot["boundary"].float().numpy())])
+        grid.append({"crop": shot["image"].numpy(), "seed": viz.colorize(shot["seed"].numpy()),
+                     "online Y^b": viz.colorize(shot["online"].numpy()),
+                     "refined Y^r": viz.colorize(shot["refined"].numpy()),
+                     "contour": viz.heat(shot["boundary"].float().numpy())})
         labels.append(f"image {index}, {100 * shot['progress']:.0f}%")
 if grid:
-    viz.save_figure(viz.image_grid(grid, [["crop", "seed", "online Y^b", "refined Y^r", "contour"]] * len(grid),
-                                   row_labels=labels), "04_sance_online_labels");
+    viz.save_figure(viz.titled_grid(grid, row_labels=labels), "04_sance_online_labels");
 
 # %% [markdown]
 # ## Table 1: pseudo labels

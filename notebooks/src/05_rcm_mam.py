@@ -52,14 +52,11 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from wsss import report, viz
-from wsss.experiment import Experiment, ExperimentConfig
-from wsss.methods.rcm_mam import ABLATION_ROWS, explain
+from wsss.analysis.rcm_mam import ABLATION_ROWS, explain
+from wsss.experiment import Experiment, experiment_factory
 
-
-def experiment(method: str, epochs=epochs, **options) -> Experiment:
-    return Experiment(ExperimentConfig.for_preset(
-        preset, method=method, method_options=options, data_root=data_root, backbone=backbone,
-        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+experiment = experiment_factory(preset, data_root=data_root, backbone=backbone, pretrained=pretrained,
+                                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def rcm_mam_experiment(rcm: bool = True, mam: bool = True, epochs=epochs) -> Experiment:
@@ -133,17 +130,15 @@ for index, c in viz.pick_examples(ds, n_examples):
     sample = ds[index]
     examples.append((ds.load(index), c, explain(model, sample["image"].to(exp.device), sample["label"])))
 
-grid, titles = [], []
+grid = []
 for raw, c, ex in examples:
-    k = list(ex["keys"]).index(c)
-    image = raw["image"]
-    grid.append([image, viz.overlay(image, ex["support_msinf"][k]), viz.colorize(ex["regions"]),
-                 viz.overlay(image, ex["similarity"][k + 1]), viz.overlay(image, ex["similarity"][0]),
-                 viz.colorize(raw["mask"])])
-    name = exp.class_names[c]
-    titles.append([raw["id"], f"SupportNet msinf: {name}", "class regions", f"prototype: {name}",
-                   "prototype: background", "ground truth"])
-viz.save_figure(viz.image_grid(grid, titles), "05_rcm_regions");
+    k, name, image = list(ex["keys"]).index(c), exp.class_names[c], raw["image"]
+    grid.append({raw["id"]: image, f"SupportNet msinf: {name}": viz.overlay(image, ex["support_msinf"][k]),
+                 "class regions": viz.colorize(ex["regions"]),
+                 f"prototype: {name}": viz.overlay(image, ex["similarity"][k + 1]),
+                 "prototype: background": viz.overlay(image, ex["similarity"][0]),
+                 "ground truth": viz.colorize(raw["mask"])})
+viz.save_figure(viz.titled_grid(grid), "05_rcm_regions");
 
 # %% [markdown]
 # ## MAM: CAMs at each scale and their weights
@@ -155,19 +150,17 @@ viz.save_figure(viz.image_grid(grid, titles), "05_rcm_regions");
 
 # %%
 scale_names = [f"{s:g}" for s in model.scales]
-grid, titles, weights = [], [], []
+grid, weights = [], []
 for raw, c, ex in examples:
     k = list(ex["keys"]).index(c)
-    image = raw["image"]
-    grid.append([viz.overlay(image, ex["main_cams"][i, k]) for i in range(len(scale_names))]
-                + [viz.overlay(image, ex["support_cams"][i, k]) for i in range(len(scale_names))]
-                + [viz.overlay(image, np.clip(ex["targets"][i, k], 0, 1)) for i in range(len(scale_names))])
-    xi = ex["distances"][k]
-    titles.append([f"MainNet x{s}" for s in scale_names] + [f"SupportNet x{s}" for s in scale_names]
-                  + [f"target x{s}: " + "/".join(f"{w:.2f}" for w in xi[i]) for i, s in enumerate(scale_names)])
+    image, xi = raw["image"], ex["distances"][k]
+    maps = {"MainNet": ex["main_cams"][:, k], "SupportNet": ex["support_cams"][:, k]}
+    row = {f"{net} x{s}": viz.overlay(image, m[i]) for net, m in maps.items() for i, s in enumerate(scale_names)}
+    row.update({f"target x{s}: " + "/".join(f"{w:.2f}" for w in xi[i]): viz.overlay(image, np.clip(t, 0, 1))
+                for i, (s, t) in enumerate(zip(scale_names, ex["targets"][:, k]))})
+    grid.append(row)
     weights.append(xi)
-viz.save_figure(viz.image_grid(grid, titles, row_labels=[exp.class_names[c] for _, c, _ in examples]),
-                "05_mam_scales")
+viz.save_figure(viz.titled_grid(grid, row_labels=[exp.class_names[c] for _, c, _ in examples]), "05_mam_scales")
 mean_xi = np.mean(weights, axis=0)
 display(Markdown("Mean MAM weight xi over the examples (rows: MainNet scale i, columns: SupportNet scale j)\n\n"
                  + viz.markdown_table([{"i": s, **{f"j={t}": float(mean_xi[a, b]) for b, t in enumerate(scale_names)}}

@@ -60,16 +60,12 @@ import torch
 from IPython.display import Markdown, display
 
 from wsss import report, viz
-from wsss.experiment import Experiment, ExperimentConfig
+from wsss.analysis.shape_cues import ABLATION_ROWS, explain, spr_alpha_sweep, spr_seconds_per_batch
+from wsss.experiment import experiment_factory
 from wsss.io import load_label_png
-from wsss.methods.shape_cues import ABLATION_ROWS, explain, spr_alpha_sweep, spr_seconds_per_batch
 
-
-def experiment(method: str, epochs=epochs, **options) -> Experiment:
-    return Experiment(ExperimentConfig.for_preset(
-        preset, method=method, method_options=options, data_root=data_root, backbone=backbone,
-        pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
-
+experiment = experiment_factory(preset, data_root=data_root, backbone=backbone, pretrained=pretrained,
+                                epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 baseline = experiment("cam")  # the run of notebook 01 when the settings match
 exp = experiment("shape_cues")  # the paper's defaults: SCM and SPR on
@@ -150,13 +146,13 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / max(float(x.max() - x.min()), 1e-12)
 
 
-grid, titles = [], []
+grid = []
 for i, _ in examples:
     e, raw = explained[i], ds.load(i)
-    grid.append([raw["image"], viz.heat(unit(e["information"])), viz.heat(unit(e["drop_prob"])), e["keep"],
-                 e["sampled_keep"]])
-    titles.append([raw["id"], "self-information", "drop probability", "survival probability", "one draw"])
-viz.save_figure(viz.image_grid(grid, titles), "06_shape_cues_scm");
+    grid.append({raw["id"]: raw["image"], "self-information": viz.heat(unit(e["information"])),
+                 "drop probability": viz.heat(unit(e["drop_prob"])), "survival probability": e["keep"],
+                 "one draw": e["sampled_keep"]})
+viz.save_figure(viz.titled_grid(grid), "06_shape_cues_scm");
 
 # %% [markdown]
 # ## SPR iterations
@@ -171,10 +167,9 @@ viz.save_figure(viz.image_grid(grid, titles), "06_shape_cues_scm");
 i0 = examples[0][0]
 e, raw = explained[i0], ds.load(i0)
 shown = sorted({0, 1, 2, 5, len(e["spr_steps"]) - 1})
-row = [raw["image"], *(viz.colorize(e["spr_steps"][t]) for t in shown), viz.colorize(e["pseudo"]),
-       viz.colorize(raw["mask"])]
-viz.save_figure(viz.image_grid([row], [[raw["id"], *(f"SPR t={t}" for t in shown), "pseudo mask", "ground truth"]]),
-                "06_shape_cues_spr");
+row = {raw["id"]: raw["image"], **{f"SPR t={t}": viz.colorize(e["spr_steps"][t]) for t in shown},
+       "pseudo mask": viz.colorize(e["pseudo"]), "ground truth": viz.colorize(raw["mask"])}
+viz.save_figure(viz.titled_grid([row]), "06_shape_cues_spr");
 
 # %% [markdown]
 # ## Pseudo masks next to predictions
@@ -188,13 +183,14 @@ viz.save_figure(viz.image_grid([row], [[raw["id"], *(f"SPR t={t}" for t in shown
 
 # %%
 final_dir = exp.final_pseudo_masks(exp.config.eval_split)
-grid, titles = [], []
+grid = []
 for i, _ in examples:
     e, raw = explained[i], ds.load(i)
-    grid.append([raw["image"], viz.colorize(e["prediction"]), viz.colorize(e["pseudo"]),
-                 viz.colorize(load_label_png(final_dir / f"{raw['id']}.png")), viz.colorize(raw["mask"])])
-    titles.append([raw["id"], "prediction", "SPR pseudo mask", "final mask", "ground truth"])
-viz.save_figure(viz.image_grid(grid, titles), "06_shape_cues_masks");
+    grid.append({raw["id"]: raw["image"], "prediction": viz.colorize(e["prediction"]),
+                 "SPR pseudo mask": viz.colorize(e["pseudo"]),
+                 "final mask": viz.colorize(load_label_png(final_dir / f"{raw['id']}.png")),
+                 "ground truth": viz.colorize(raw["mask"])})
+viz.save_figure(viz.titled_grid(grid), "06_shape_cues_masks");
 
 # %% [markdown]
 # ## Ablation (the paper's Table 5)

@@ -109,7 +109,7 @@ viz.save_figure(compare.side_by_side(val, columns_by_name, n_examples), "07_comp
 # ## Next to the papers' numbers (PASCAL VOC 2012, the papers' own tables)
 
 # %%
-papers = compare.papers_table(methods, rows, finals)
+papers = compare.papers_table(run, rows, finals)
 display(Markdown(viz.markdown_table(papers, list(papers[0]), percent=list(papers[0])[1:-1])))
 display(Markdown("Fully supervised references in the papers: " + "; ".join(
     f"{r['network']} {r['seg_val'] or '-'} val / {r['seg_test']} test ({r['source']})" for r in PAPER_FULLY_SUPERVISED)))

@@ -29,9 +29,8 @@ MAM is off; the SupportNet runs with eval-mode batch norm, its statistics also a
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -42,10 +41,9 @@ from wsss.methods.base import (Batch, WSSSMethod, cam_from_features, classificat
 from wsss.models.backbones import Backbone
 
 SCALES: tuple[float, float, float] = (0.5, 1.0, 2.0)
+THRESHOLD = 0.20  # of the SupportNet's msinf-CAM, for class regions (Eq. 1)
+TEMPERATURE = 0.5  # of RCM's InfoNCE (Eq. 5)
 IGNORE = -1  # class-region label of crop padding
-# The rows of the paper's Tables 1-2: (name, rcm, mam); "baseline" is the CAM method itself.
-ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
-    ("baseline", False, False), ("RCM", True, False), ("MAM", False, True), ("RCM + MAM", True, True))
 
 
 # ---------------------------------------------------------------------- maps
@@ -65,7 +63,7 @@ def resize(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         maps, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def class_region_masks(cams: torch.Tensor, label: torch.Tensor, threshold: float = 0.20,
+def class_region_masks(cams: torch.Tensor, label: torch.Tensor, threshold: float = THRESHOLD,
                        valid: torch.Tensor | None = None) -> torch.Tensor:
     """(B, K, h, w) max-normalized CAMs -> (B, h, w) class regions (Eqs. 1-2): k + 1 where class k
     is the argmax among the image's present classes and exceeds `threshold`, 0 (background) where
@@ -104,7 +102,7 @@ def batch_prototypes(features: torch.Tensor, masks: torch.Tensor, num_regions: i
 
 
 def regional_contrastive_loss(features: torch.Tensor, masks: torch.Tensor, prototypes: torch.Tensor,
-                              available: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+                              available: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
     """InfoNCE of every valid pixel feature against the prototypes (Eqs. 4-5): its own region's
     prototype is the positive, the other available prototypes are the negatives. (B, D, h, w)
     features, (B, h, w) regions, (R, D) unit prototypes, (R,) bool."""
@@ -148,7 +146,7 @@ def mam_loss(main_cams: torch.Tensor, support_cams: torch.Tensor, label: torch.T
 # ---------------------------------------------------------------------- the method
 
 
-def _net_forward(parts: nn.ModuleList, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def net_forward(parts: nn.ModuleList, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(features X, CAM A) of one network (backbone, feature head, classifier) on one scale."""
     backbone, head, classifier = parts
     x = head(backbone(images)[-1])
@@ -164,25 +162,18 @@ class RCMMAM(WSSSMethod):
     recipe_overrides = {"quick": {"epochs": 3}}
 
     def __init__(self, num_classes: int, backbone: Backbone, rcm: bool = True, mam: bool = True,
-                 feature_dim: int = 256, momentum: float = 0.997, threshold: float = 0.20,
-                 temperature: float = 0.5, lambda_rcm: float = 1.0, lambda_mam: float = 1.0,
-                 mam_start: float = 0.3, ema_warmup: bool = True, scales: Sequence[float] = SCALES) -> None:
+                 feature_dim: int = 256, ema_decay: float = 0.997, mam_start: float = 0.3,
+                 ema_warmup: bool = True) -> None:
         super().__init__(num_classes, backbone)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"EMA momentum must be in [0, 1), got {momentum}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if 1.0 not in scales:
-            raise ValueError(f"scales {tuple(scales)} must include the middle scale 1.0")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.rcm, self.mam = rcm, mam
-        self.momentum, self.threshold, self.temperature = momentum, threshold, temperature
-        self.lambda_rcm, self.lambda_mam, self.mam_start = lambda_rcm, lambda_mam, mam_start
-        self.ema_warmup = ema_warmup
-        self.scales = tuple(sorted(scales))
+        self.ema_decay, self.mam_start, self.ema_warmup = ema_decay, mam_start, ema_warmup
+        self.scales = SCALES
         self.feature_head = nn.Conv2d(backbone.out_channels, feature_dim, 1, bias=False)
         self.classifier = nn.Conv2d(feature_dim, num_classes, 1, bias=False)
         # SupportNet: a copy that never sees a gradient; it moves by EMA in `after_optimizer_step`.
-        self.support = copy.deepcopy(self._main_parts())
+        self.support = copy.deepcopy(self.main_parts())
         self.support.requires_grad_(False)
         self.support.eval()
         # Latest non-empty prototype of background (row 0) and each class (row k + 1).
@@ -190,7 +181,7 @@ class RCMMAM(WSSSMethod):
         self.register_buffer("prototype_seen", torch.zeros(num_classes + 1, dtype=torch.bool))
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
 
-    def _main_parts(self) -> nn.ModuleList:
+    def main_parts(self) -> nn.ModuleList:
         # A fresh, unregistered container: the MainNet's modules stay registered at top level only.
         return nn.ModuleList([self.backbone, self.feature_head, self.classifier])
 
@@ -207,7 +198,7 @@ class RCMMAM(WSSSMethod):
     def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
         images, label = batch["image"], batch["label"]
         mam_on = self.mam and progress >= self.mam_start
-        main = {s: _net_forward(self._main_parts(), rescale(images, s)) for s in (self.scales if mam_on else (1.0,))}
+        main = {s: net_forward(self.main_parts(), rescale(images, s)) for s in (self.scales if mam_on else (1.0,))}
         feats = main[1.0][0]
         size = feats.shape[-2:]
         valid = valid_at(batch.get("valid"), size)
@@ -216,11 +207,10 @@ class RCMMAM(WSSSMethod):
         if self.rcm or mam_on:
             support_feats, support_cams, msinf = self.support_maps(images, size)
         if self.rcm:
-            masks = drop_unlocalized(class_region_masks(msinf, label, self.threshold, valid), label)
+            masks = drop_unlocalized(class_region_masks(msinf, label, valid=valid), label)
             kept = (masks >= 0).flatten(1).any(dim=1).float().mean()  # logged: how much RCM teaches
             self._update_prototypes(*batch_prototypes(support_feats, masks, self.num_classes + 1))
-            losses["rcm"] = regional_contrastive_loss(feats, masks, self.prototypes, self.prototype_seen,
-                                                      self.temperature)
+            losses["rcm"] = regional_contrastive_loss(feats, masks, self.prototypes, self.prototype_seen)
         if self.mam:  # logged from the first step (a constant CSV header), zero during the warm-up
             losses["mam"] = zero
             if mam_on:
@@ -228,8 +218,7 @@ class RCMMAM(WSSSMethod):
                 # Classes the SupportNet does not see at any scale give an all-zero target: skipped.
                 seen = (support_cams.flatten(3).amax(dim=(1, 3)) > 0).to(label.dtype)
                 losses["mam"] = mam_loss(main_cams, support_cams, label * seen, valid)
-        total = (losses["cls"] + self.lambda_rcm * losses.get("rcm", zero)
-                 + (self.lambda_mam if mam_on else 0.0) * losses.get("mam", zero))
+        total = losses["cls"] + losses.get("rcm", zero) + (losses["mam"] if mam_on else zero)
         logged = {k: v.detach() for k, v in losses.items()}
         if self.rcm:
             logged["rcm_kept"] = kept
@@ -239,7 +228,7 @@ class RCMMAM(WSSSMethod):
     def support_maps(self, images: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SupportNet outputs at `size`: middle-scale features (B, D, h, w), per-scale max-normalized
         CAMs (B, S, K, h, w) and the multi-scale-inference CAM (sum over scales, max-normalized)."""
-        outs = {s: _net_forward(self.support, rescale(images, s)) for s in self.scales}
+        outs = {s: net_forward(self.support, rescale(images, s)) for s in self.scales}
         raw = torch.stack([resize(outs[s][1].float(), size) for s in self.scales], dim=1)
         return outs[1.0][0], max_normalize(raw), max_normalize(raw.sum(dim=1))
 
@@ -253,13 +242,13 @@ class RCMMAM(WSSSMethod):
         SupportNet starts as the plain average of the MainNet's weights so far instead of keeping
         most of its random initialization for the first few hundred steps of a from-scratch run."""
         t = int(self.ema_steps)
-        return min(self.momentum, 1.0 - 1.0 / (t + 1)) if self.ema_warmup else self.momentum
+        return min(self.ema_decay, 1.0 - 1.0 / (t + 1)) if self.ema_warmup else self.ema_decay
 
     @torch.no_grad()
     def after_optimizer_step(self, progress: float) -> None:
         """theta_G <- alpha theta_G + (1 - alpha) theta_F, batch-norm statistics alike."""
         weight = 1.0 - self.ema_momentum()
-        main = self._main_parts()
+        main = self.main_parts()
         for g, f in zip(self.support.parameters(), main.parameters()):
             g.lerp_(f, weight)
         for g, f in zip(self.support.buffers(), main.buffers()):
@@ -272,40 +261,4 @@ class RCMMAM(WSSSMethod):
     # ------------------------------------------------------------------ maps
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
-        return _net_forward(self._main_parts(), images)[1]
-
-
-# ---------------------------------------------------------------------- analysis (Figs. 2-4)
-
-
-@torch.no_grad()
-def explain(method: RCMMAM, image: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
-    """What RCM and MAM see for one (3, H, W) image, all at the image size, as numpy:
-    `keys` (present classes), `support_msinf` (n, H, W) SupportNet msinf-CAMs, `regions` (H, W)
-    class region labels (0 background, k + 1 class k), `similarity` (n + 1, H, W) softmax of the
-    MainNet features over the background and present-class prototypes, `main_cams` and
-    `support_cams` (S, n, H, W) per-scale CAMs, `distances` (n, S, S) MAM's xi and `targets`
-    (S, n, H, W) MAM's targets."""
-    images, label = image[None], label[None].to(image.device)
-    keys = torch.nonzero(label[0] > 0.5).flatten()
-    main_out = {s: _net_forward(method._main_parts(), rescale(images, s)) for s in method.scales}
-    feats = main_out[1.0][0]
-    size = feats.shape[-2:]
-    _, support_cams, msinf = method.support_maps(images, size)
-    main_cams = torch.stack([max_normalize(resize(main_out[s][1].float(), size)) for s in method.scales], dim=1)
-    regions = class_region_masks(msinf, label, method.threshold)
-    rows = torch.cat([keys.new_zeros(1), keys + 1])
-    logits = torch.einsum("bdhw,rd->brhw", F.normalize(feats.float(), dim=1), method.prototypes[rows].float())
-    distances = mam_distances(main_cams[:, :, keys], support_cams[:, :, keys])
-    targets = mam_targets(support_cams[:, :, keys], distances)
-    full = image.shape[-2:]
-
-    def up(maps: torch.Tensor) -> np.ndarray:
-        return F.interpolate(maps.float(), size=tuple(full), mode="bilinear", align_corners=False).cpu().numpy()
-
-    region_up = F.interpolate(regions[:, None].float(), size=tuple(full), mode="nearest")[0, 0]
-    return {"keys": keys.cpu().numpy(), "support_msinf": up(msinf[:, keys])[0],
-            "regions": region_up.long().cpu().numpy(),
-            "similarity": up((logits / method.temperature).softmax(dim=1))[0],
-            "main_cams": up(main_cams[0, :, keys]), "support_cams": up(support_cams[0, :, keys]),
-            "distances": distances[0].cpu().numpy(), "targets": up(targets[0])}
+        return net_forward(self.main_parts(), images)[1]

@@ -34,7 +34,6 @@ kept by running the backbone at 0.1x (`backbone_lr_mult`), see `param_groups`.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,20 +43,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsss.cache import cached_folder
-from wsss.inference import at_size, head_scales, multiscale_maps, scales_tag, size_grouped_batches
+from wsss.inference import (at_size, head_scales, multiscale_maps, pack_present, present_with_background, scales_tag,
+                            size_grouped_batches)
 from wsss.io import IGNORE_INDEX, save_label_png
-from wsss.methods.base import Batch, WSSSMethod, classification_loss, register_method
-from wsss.metrics import ConfusionMeter
+from wsss.methods.base import Batch, RunView, WSSSMethod, classification_loss, register_method
 from wsss.models.backbones import Backbone
 from wsss.models.heads import DeepLabV3ASPP, conv_gn_relu
-from wsss.refine.spr import DILATIONS, propagate, pseudo_mask, shifted_stack, spr, spr_affinity
+from wsss.refine.spr import ALPHA, pseudo_mask, shifted_stack, spr
 
 # What SPR's semantic term compares (Eq. 5's s^c): the decoder's class scores, or its probabilities.
 SPR_SEMANTICS: tuple[str, ...] = ("scores", "probs")
-
-# The rows of the paper's Table 5: (name, scm, spr).
-ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
-    ("baseline", False, False), ("+SPR", False, True), ("+SCM", True, False), ("+SCM +SPR", True, True))
 
 
 # ---------------------------------------------------------------------------------- SCM
@@ -175,11 +170,6 @@ def focal_mask_penalty(probs: torch.Tensor, valid: torch.Tensor | None = None, p
 # ---------------------------------------------------------------------------------- losses
 
 
-def present_with_background(label: torch.Tensor) -> torch.Tensor:
-    """(B, 1 + K) bool: the background channel and the classes of the image label (B, K)."""
-    return torch.cat([label.new_ones(label.shape[0], 1), label], dim=1) > 0.5
-
-
 def complete_masks(labels: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """(B,) True where the pseudo mask (B, h, w) has pixels of the background and of every class
     of the image label (B, K). As in SSSS, whose pipeline the paper follows, only such masks
@@ -235,49 +225,36 @@ def region_loss(log_probs: torch.Tensor, labels: torch.Tensor, radius: int = 3, 
 
 @register_method
 class ShapeCues(WSSSMethod):
-    """Options: `scm`, `spr` (ablation switches), SCM hyper-parameters (`scm_radius`, `scm_samples`,
-    `scm_bandwidth`, `scm_tau`, `scm_drop_rate`, `scm_stage`), SPR ones (`alpha`, `spr_dilations`,
-    `spr_iterations`, `cutoff`, `floor`, `bg_cutoff` (SSSS: 0.7 for the background), `spr_sigma`
-    ("window" or "image": how the semantic term is scaled), `spr_semantics` ("scores": the
-    decoder's class scores, as Eq. 5 writes it, so the constant background score leaves the
-    background channel with colour affinities alone; "probs": the softmax probabilities)), focal
-    mask penalty (`size_penalty`, `focal_power`, `focal_lam`), region loss (`region_radius`, `margin`), network widths
-    (`width`, None = from the backbone), `aspp_rates` (None = DeepLabV3's (6, 12, 18) at output
-    stride 16, (2, 4, 6) on the small backbone's 12-cell maps), `mask_start` and `backbone_init`."""
+    """Options: `scm`, `spr` (ablation switches), `spr_semantics` ("scores": the decoder's class
+    scores, as Eq. 5 writes it, so the constant background score leaves the background channel with
+    colour affinities alone; "probs": the softmax probabilities), `size_penalty` (SSSS's focal mask
+    penalty), `mask_start`, `backbone_init` and the learning rates (`backbone_lr_mult`,
+    `decoder_lr_mult`). The paper's hyper-parameters are the defaults of the parts: SCM's of
+    `ShapeCueModule`, SPR's of `wsss.refine.spr` (alpha 0.8, dilations 1..24, 10 iterations, cutoff
+    0.6, floor 0.2), the region loss's and the focal penalty's of their functions. The decoder is
+    min(256, backbone width / 2) wide; ASPP rates are DeepLabV3's (6, 12, 18) at output stride 16,
+    (2, 4, 6) on the small backbone's 12-cell maps."""
 
     name = "shape_cues"
     notebook = "06_shape_cues"
 
     def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
-                 alpha: float = 0.8, spr_sigma: str = "window", spr_semantics: str = "scores",
-                 spr_dilations: Sequence[int] = DILATIONS, spr_iterations: int = 10,
-                 cutoff: float = 0.6, floor: float = 0.2, region_radius: int = 3, margin: float = 3.0,
-                 scm_radius: int = 7, scm_samples: int = 9, scm_bandwidth: float = 1.0, scm_tau: float = 0.5,
-                 scm_drop_rate: float = 1.5, scm_stage: int = 0, width: int | None = None,
-                 aspp_rates: Sequence[int] | None = None, mask_start: float = 0.25,
-                 backbone_init: str | None = "cam", size_penalty: bool = True,
-                 focal_power: float = 3.0, focal_lam: float = 0.01, bg_cutoff: float | None = None,
-                 backbone_lr_mult: float = 0.1, decoder_lr_mult: float | None = 1.0) -> None:
+                 spr_semantics: str = "scores", mask_start: float = 0.25, backbone_init: str | None = "cam",
+                 size_penalty: bool = True, backbone_lr_mult: float = 0.1,
+                 decoder_lr_mult: float | None = 1.0) -> None:
         super().__init__(num_classes, backbone)
         if not 0.0 <= mask_start <= 1.0:
             raise ValueError(f"mask_start must lie in [0, 1], got {mask_start}")
         if spr_semantics not in SPR_SEMANTICS:
             raise ValueError(f"spr_semantics must be one of {SPR_SEMANTICS}, got {spr_semantics!r}")
-        self.alpha = alpha if spr else 1.0  # without SPR: the colour-only refinement (PAMR)
-        self.spr_sigma, self.spr_semantics = spr_sigma, spr_semantics
-        self.spr_dilations, self.spr_iterations = tuple(spr_dilations), spr_iterations
-        self.cutoff, self.floor = cutoff, floor
-        self.region_radius, self.margin = region_radius, margin
-        self.scm_stage, self.mask_start = scm_stage, mask_start
-        self.size_penalty, self.focal_power, self.focal_lam = size_penalty, focal_power, focal_lam
-        self.bg_cutoff = bg_cutoff
+        self.alpha = ALPHA if spr else 1.0  # without SPR: the colour-only refinement (PAMR)
+        self.spr_semantics, self.mask_start, self.size_penalty = spr_semantics, mask_start, size_penalty
         self.backbone_lr_mult, self.decoder_lr_mult = backbone_lr_mult, decoder_lr_mult
-        width = width or min(256, backbone.out_channels // 2)
-        rates = tuple(aspp_rates) if aspp_rates else ((6, 12, 18) if backbone.output_stride >= 16 else (2, 4, 6))
+        width = min(256, backbone.out_channels // 2)
+        rates = (6, 12, 18) if backbone.output_stride >= 16 else (2, 4, 6)
         self.aspp = DeepLabV3ASPP(backbone.out_channels, width, rates)
         self.low = conv_gn_relu(backbone.channels[0], width // 2)
-        self.scm = (ShapeCueModule(backbone.channels[scm_stage], width // 2, scm_radius, scm_samples,
-                                   scm_bandwidth, scm_tau, scm_drop_rate) if scm else None)
+        self.scm = ShapeCueModule(backbone.channels[0], width // 2) if scm else None
         # Four decoder layers: low-level projection, two 3x3 convs, classifier.
         fused = width + width // 2 + (width // 2 if scm else 0)
         self.decoder = nn.Sequential(conv_gn_relu(fused, width, 3), conv_gn_relu(width, width, 3))
@@ -299,20 +276,17 @@ class ShapeCues(WSSSMethod):
             groups[1]["lr_mult"] = self.decoder_lr_mult
         return groups
 
-    # ------------------------------------------------------------------ backbone from the CAM run
-
     # ------------------------------------------------------------------ network
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1 + K, h, w) at the first stage's resolution: constant background 1, class scores."""
+        """(B, 1 + K, h, w) at the first stage's resolution: constant background 1, class scores.
+        The shape cues come from the first stage's features too."""
         feats = self.backbone(images)
         low = feats[0]
         size = low.shape[-2:]
         parts = [F.interpolate(self.aspp(feats[-1]), size=size, mode="bilinear", align_corners=False), self.low(low)]
         if self.scm is not None:
-            cues = self.scm(feats[self.scm_stage])
-            parts.append(cues if cues.shape[-2:] == size else
-                         F.interpolate(cues, size=size, mode="bilinear", align_corners=False))
+            parts.append(self.scm(low))
         logits = self.classifier(self.decoder(torch.cat(parts, dim=1)))
         return torch.cat([torch.ones_like(logits[:, :1]), logits], dim=1)
 
@@ -339,19 +313,16 @@ class ShapeCues(WSSSMethod):
 
         Only the present channels are refined (absent ones are zero and stay zero): they are
         gathered into the first n = max present count channels, which cuts SPR's cost ~K/n-fold."""
-        present = present_with_background(label)
-        n = int(present.sum(dim=1).max())
-        channels = present.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n]  # (B, n)
-        kept = present.gather(1, channels)[..., None, None]
+        channels, kept = pack_present(present_with_background(label))  # (B, n)
+        kept = kept[..., None, None]
         index = channels[..., None, None].expand(-1, -1, *scores.shape[-2:])
         scores = scores.float()
         probs = scores.softmax(dim=1)
         compact = probs.gather(1, index) * kept
         semantics = self.semantic_maps(scores, probs).gather(1, index)
         small = F.adaptive_avg_pool2d(images.float(), scores.shape[-2:])
-        refined = spr(compact, small, self.alpha if alpha is None else alpha, self.spr_dilations,
-                      self.spr_iterations, self.spr_sigma, semantics)
-        labels = pseudo_mask(refined, valid, self.cutoff, self.floor, self.bg_cutoff)
+        refined = spr(compact, small, self.alpha if alpha is None else alpha, scores=semantics)
+        labels = pseudo_mask(refined, valid)
         ignored = labels == IGNORE_INDEX
         return channels.gather(1, labels.masked_fill(ignored, 0).flatten(1)).view_as(labels).masked_fill(ignored,
                                                                                                           IGNORE_INDEX)
@@ -363,7 +334,7 @@ class ShapeCues(WSSSMethod):
         valid = at_size(batch["valid"], scores.shape[-2:]) if "valid" in batch else None
         image_scores = ngwp(scores, probs, valid)
         if self.size_penalty:
-            image_scores = image_scores + focal_mask_penalty(probs, valid, self.focal_power, self.focal_lam)
+            image_scores = image_scores + focal_mask_penalty(probs, valid)
         losses = {"cls": classification_loss(image_scores[:, 1:], batch["label"])}
         complete = log_probs.new_zeros(())
         if progress >= self.mask_start:
@@ -372,7 +343,7 @@ class ShapeCues(WSSSMethod):
             labels = labels.masked_fill(~whole[:, None, None], IGNORE_INDEX)
             complete = whole.float().mean()
             losses["pixel"] = balanced_pixel_loss(log_probs, labels)
-            losses["region"] = progress * region_loss(log_probs, labels, self.region_radius, self.margin)
+            losses["region"] = progress * region_loss(log_probs, labels)
         else:  # logged as 0 so that the training log has their columns from the first step
             losses["pixel"] = losses["region"] = log_probs.new_zeros(())
         total = sum(losses.values())
@@ -380,7 +351,7 @@ class ShapeCues(WSSSMethod):
 
     # ------------------------------------------------------------------ final masks
 
-    def pseudo_labels(self, experiment: Any, split: str) -> Path:
+    def pseudo_labels(self, experiment: RunView, split: str) -> Path:
         """The decoder's argmax over background + present classes (the experiment's scales, scale 1
         alone on small images: `head_scales`; flips), as label PNGs in `<run>/decoder_masks/<split>_s<scales>`."""
         c = experiment.config
@@ -407,95 +378,3 @@ def decoder_masks(model: ShapeCues, images: torch.Tensor, labels: torch.Tensor,
     probs = multiscale_maps(model.probabilities, images, scales, flip)
     present = present_with_background(labels)[..., None, None]
     return probs.masked_fill(~present, -1.0).argmax(dim=1).to(torch.uint8).cpu().numpy()
-
-
-# ---------------------------------------------------------------------------------- analysis
-
-
-@torch.no_grad()
-def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
-    """What the method does on one (3, H, W) image, at the decoder's resolution (numpy arrays):
-    `information` (SCM self-information, all offsets), `drop_prob`, `keep` (survival probability),
-    `sampled_keep` (one training draw), `probs` (1 + K, h, w) decoder probabilities, and label maps
-    (0 = background, k + 1 = class k) over background + present classes: `spr_steps` (T + 1, the
-    argmax after each SPR iteration), `pseudo` (the online pseudo mask, 255 = ignored) and
-    `prediction` (the decoder's argmax)."""
-    x = image[None]
-    out: dict[str, Any] = {}
-    if model.scm is not None:
-        feats = model.backbone(x)[model.scm_stage]
-        info = self_information(feats, model.scm.offsets, model.scm.bandwidth, model.scm.patch)
-        out["information"] = info[0].cpu().numpy()
-        out["drop_prob"] = drop_probability(info, model.scm.tau)[0].cpu().numpy()
-        out["keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
-        model.scm.train()
-        out["sampled_keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
-        model.scm.eval()
-    scores = model.scores(x).float()
-    probs = scores.softmax(dim=1)
-    present = present_with_background(label[None]).to(probs)[..., None, None]
-    small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
-    fg = probs * present
-    affinity = spr_affinity(small, model.semantic_maps(scores, probs), model.alpha, model.spr_dilations,
-                            sigma=model.spr_sigma)
-    steps = propagate(fg, affinity, model.spr_dilations, model.spr_iterations)
-    out["probs"] = probs[0].cpu().numpy()
-    out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
-    out["pseudo"] = pseudo_mask(steps[-1], None, model.cutoff, model.floor, model.bg_cutoff)[0].cpu().numpy()
-    out["prediction"] = fg.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy()
-    return out
-
-
-# Table 6's balances: colour only (PAMR) down to class scores only.
-ALPHA_SWEEP: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0)
-
-
-@torch.no_grad()
-def spr_alpha_sweep(model: ShapeCues, dataset, alphas: Sequence[float] = ALPHA_SWEEP, batch_size: int = 16,
-                    limit: int | None = None, device: str | torch.device = "cpu") -> list[dict[str, float]]:
-    """The paper's Table 6 "train-pseudo" row with the network held fixed: the online pseudo masks
-    that SPR at each alpha makes from this model's decoder on `dataset` (its first `limit` images),
-    scored against the ground truth at the decoder's resolution. Per alpha: `miou` over the pixels
-    the masks label, `labelled` (their share of the non-ignored pixels) and `changed` (the share of
-    labelled pixels whose pseudo label differs from the decoder's own argmax over the present
-    classes: how much correction the masks carry back into training)."""
-    k = model.classifier.out_channels + 1
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    meters = {a: ConfusionMeter(k) for a in alphas}
-    counts = {a: np.zeros(3) for a in alphas}  # labelled, changed, non-ignored ground truth
-    for start in range(0, n, batch_size):
-        samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        images = torch.stack([s["image"] for s in samples]).to(device)
-        labels = torch.stack([s["label"] for s in samples]).to(device)
-        scores = model.scores(images).float()
-        gt = F.interpolate(torch.stack([torch.as_tensor(s["mask"]) for s in samples])[:, None].float(),
-                           size=scores.shape[-2:], mode="nearest")[:, 0].to(torch.int64).numpy()
-        present = present_with_background(labels)[..., None, None]
-        argmax = scores.masked_fill(~present, -torch.inf).argmax(dim=1).cpu().numpy()
-        for a in alphas:
-            pseudo = model.online_pseudo_masks(images, scores, labels, alpha=a).cpu().numpy()
-            labelled = (pseudo != IGNORE_INDEX) & (gt != IGNORE_INDEX)
-            meters[a].update(pseudo, np.where(labelled, gt, IGNORE_INDEX))
-            counts[a] += [labelled.sum(), (labelled & (pseudo != argmax)).sum(), (gt != IGNORE_INDEX).sum()]
-    return [{"alpha": a, "miou": meters[a].scores()["miou"], "labelled": float(counts[a][0] / max(counts[a][2], 1)),
-             "changed": float(counts[a][1] / max(counts[a][0], 1))} for a in alphas]
-
-
-@torch.no_grad()
-def spr_seconds_per_batch(model: ShapeCues, dataset, batch_size: int = 16, repeats: int = 3,
-                          device: str | torch.device = "cpu") -> float:
-    """Wall time of one online SPR + pseudo-mask step on a batch of `dataset` (best of `repeats`)."""
-    samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
-    images = torch.stack([s["image"] for s in samples]).to(device)
-    labels = torch.stack([s["label"] for s in samples]).to(device)
-    scores = model.scores(images).float()
-    times = []
-    for _ in range(repeats):
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        model.online_pseudo_masks(images, scores, labels)
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return min(times)

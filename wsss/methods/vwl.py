@@ -21,21 +21,16 @@ With both parts off this is exactly the CAM baseline (same layers, initializatio
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.inference import multiscale_maps, size_grouped_batches
 from wsss.methods.base import Batch, WSSSMethod, cam_from_features, classification_loss, gap_cam_logits, register_method, valid_at
 from wsss.models.backbones import Backbone
 
 HSPP_LEVELS: tuple[int, ...] = (1, 2, 4)
-# The rows of the paper's ablation (Table 1): (name, vwe, hspp).
-ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
-    ("baseline", False, False), ("+VWE", True, False), ("+HSPP", False, True), ("+VWE +HSPP", True, True))
 
 
 def hybrid_spatial_pyramid_pool(features: torch.Tensor, gamma: float = 2.0,
@@ -67,34 +62,28 @@ def word_frequencies(probs: torch.Tensor, valid: torch.Tensor | None = None) -> 
 
 class VisualWordEncoder(nn.Module):
     """A codebook of `num_words` learnable words; `forward` gives each location's softmax over its
-    cosine similarities to the words (the paper uses no temperature: `temperature=1`)."""
+    cosine similarities to the words (the paper uses no temperature)."""
 
-    def __init__(self, channels: int, num_words: int = 256, temperature: float = 1.0,
-                 detach_features: bool = True) -> None:
+    def __init__(self, channels: int, num_words: int = 256) -> None:
         super().__init__()
         if num_words < 2:
             raise ValueError(f"a codebook needs at least 2 words, got {num_words}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
         self.codebook = nn.Parameter(torch.randn(num_words, channels))
-        self.temperature = temperature
-        # The authors' code detaches the features here: the codebook then learns only from the
-        # word-to-image loss, and the backbone only from the image and word-label losses.
-        self.detach_features = detach_features
 
     @property
     def num_words(self) -> int:
         return self.codebook.shape[0]
 
     def similarity(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, k, h, w) cosine similarity of every location to every word."""
-        if self.detach_features:
-            features = features.detach()
+        """(B, C, h, w) -> (B, k, h, w) cosine similarity of every location to every word. The
+        features are detached, as in the authors' code: the codebook then learns only from the
+        word-to-image loss, and the backbone only from the image and word-label losses."""
+        features = features.detach()
         words = F.normalize(self.codebook.to(features.dtype), dim=1)
         return F.conv2d(F.normalize(features, dim=1), words[:, :, None, None])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (self.similarity(features) / self.temperature).softmax(dim=1)
+        return self.similarity(features).softmax(dim=1)
 
 
 @register_method
@@ -103,8 +92,7 @@ class VWL(WSSSMethod):
     notebook = "03_vwl"
 
     def __init__(self, num_classes: int, backbone: Backbone, vwe: bool = True, hspp: bool = True,
-                 num_words: int = 256, gamma: float = 2.0, temperature: float = 1.0,
-                 detach_features: bool = True) -> None:
+                 num_words: int = 256, gamma: float = 2.0) -> None:
         super().__init__(num_classes, backbone)
         if gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {gamma}")
@@ -113,7 +101,7 @@ class VWL(WSSSMethod):
         # Created first, as in the CAM baseline, so that both parts off reproduces it exactly.
         self.classifier = nn.Conv2d(d, num_classes, 1, bias=False)
         if vwe:
-            self.encoder = VisualWordEncoder(d, num_words, temperature, detach_features)
+            self.encoder = VisualWordEncoder(d, num_words)
             self.word_classifier = nn.Conv2d(d, num_words, 1, bias=False)
             self.word_to_image = nn.Conv2d(num_words, num_classes, 1, bias=False)
 
@@ -167,87 +155,3 @@ class VWL(WSSSMethod):
     def _require_vwe(self) -> None:
         if not self.vwe:
             raise RuntimeError("this VWL model was built with vwe=False: it has no visual words")
-
-
-# ---------------------------------------------------------------------- analysis (Figs. 4 and 5)
-
-
-@torch.no_grad()
-def branch_cams(method: VWL, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float] = (1.0,),
-                flip: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(present class indices, {"image", "word", "fused": (n, H, W)}) for one (3, H, W) image: the
-    two branches and their max, each summed over scales (and flips) like CAM inference and all
-    divided by the fused map's per-class max, so the panels show which branch is stronger where."""
-    fns = {"image": method.image_cam, "word": method.word_cam, "fused": method.class_maps}
-    maps = {name: multiscale_maps(fn, image[None], scales, flip)[0] for name, fn in fns.items()}
-    keys = torch.nonzero(label > 0.5).flatten().to(image.device)
-    peak = maps["fused"][keys].flatten(1).amax(dim=1).clamp_min(1e-5)[:, None, None]
-    return keys.cpu().numpy(), {name: (m[keys] / peak).cpu().numpy() for name, m in maps.items()}
-
-
-@torch.no_grad()
-def word_map_at(method: VWL, image: torch.Tensor) -> np.ndarray:
-    """(H, W) winning word of one (3, H, W) image, each feature location drawn as its cell."""
-    words = method.word_map(image[None]).float()[:, None]
-    return F.interpolate(words, size=image.shape[-2:], mode="nearest")[0, 0].long().cpu().numpy()
-
-
-
-@torch.no_grad()
-def word_usage(method: VWL, dataset: Any, device: str | torch.device = "cpu", batch_size: int = 16) -> np.ndarray:
-    """(K + 1, k) counts of feature locations whose winning word is j, by ground-truth class
-    (row 0 background; masks taken at feature resolution by nearest neighbour, ignore skipped)."""
-    k, rows = method.encoder.num_words, method.num_classes + 1
-    counts = np.zeros(rows * k, dtype=np.int64)
-    for group in size_grouped_batches(dataset, batch_size):
-        images = torch.stack([s["image"] for s in group]).to(device)
-        masks = torch.stack([s["mask"] for s in group]).to(device)
-        words = method.word_map(images)
-        gt = F.interpolate(masks[:, None].float(), size=words.shape[-2:], mode="nearest")[:, 0].long()
-        keep = gt < rows
-        counts += np.bincount((gt[keep] * k + words[keep]).cpu().numpy(), minlength=rows * k)
-    return counts.reshape(rows, k)
-
-
-def distinctive_words(usage: np.ndarray, per_class: int = 1, min_count: int = 20) -> dict[int, list[int]]:
-    """For each row (class) of `usage`, the words most specific to it: highest share of the word's
-    locations falling in that class, among words it uses at least `min_count` times."""
-    share = usage / np.maximum(usage.sum(axis=0, keepdims=True), 1)
-    share = np.where(usage >= min_count, share, -1.0)
-    order = np.argsort(-share, axis=1, kind="stable")[:, :per_class]
-    return {c: [int(w) for w in order[c] if share[c, w] >= 0] for c in range(usage.shape[0])}
-
-
-@torch.no_grad()
-def word_examples(method: VWL, dataset: Any, words: Sequence[int], n: int = 6, patch: int = 32,
-                  device: str | torch.device = "cpu", batch_size: int = 16) -> dict[int, list[np.ndarray]]:
-    """For each word, `n` image patches (one per image) centred where the word wins with the
-    highest probability: the paper's per-word sample rows (Fig. 5)."""
-    words_t = torch.as_tensor(list(words), dtype=torch.long, device=device)
-    best, where = [], []
-    for group in size_grouped_batches(dataset, batch_size):
-        images = torch.stack([s["image"] for s in group]).to(device)
-        probs = method.word_probabilities(images)
-        won = probs.argmax(dim=1, keepdim=True) == words_t[None, :, None, None]
-        score = torch.where(won, probs[:, words_t], torch.zeros((), device=probs.device)).flatten(2)
-        value, pos = score.max(dim=2)
-        best.append(value.cpu())
-        where.append(torch.stack([pos // probs.shape[-1], pos % probs.shape[-1]], dim=-1).cpu())
-        fh, fw = probs.shape[-2:]
-    best_all, where_all = torch.cat(best), torch.cat(where)  # (N, W), (N, W, 2)
-    scale = np.array(dataset.load(0)["image"].shape[:2]) / np.array([fh, fw])
-    out: dict[int, list[np.ndarray]] = {}
-    for j, w in enumerate(words):
-        top = [int(i) for i in torch.argsort(best_all[:, j], descending=True)[:n] if best_all[i, j] > 0]
-        out[int(w)] = [_patch(dataset.load(i)["image"], (where_all[i, j].numpy() + 0.5) * scale, patch) for i in top]
-    return out
-
-
-def _patch(image: np.ndarray, centre: np.ndarray, size: int) -> np.ndarray:
-    """A size x size crop of `image` around `centre` (y, x), shifted to stay inside the image."""
-    h, w = image.shape[:2]
-    y0 = int(np.clip(round(centre[0]) - size // 2, 0, max(h - size, 0)))
-    x0 = int(np.clip(round(centre[1]) - size // 2, 0, max(w - size, 0)))
-    return image[y0:y0 + size, x0:x0 + size]
-
-

@@ -21,7 +21,7 @@ symmetric.  Affinities are a tensor ``A`` of shape ``(B, K, h, w)``::
 Offsets are sorted lexicographically, so the reverse of offset ``k`` is offset
 ``K - 1 - k`` (``offsets.flip(0) == -offsets``).  All operations are shifted
 slices of padded tensors: vectorised over pixels, device-agnostic (CPU/CUDA),
-differentiable, with Python loops only over offsets / path points / steps.
+with Python loops only over offsets / path points / steps.
 
 Conventions / choices (see also the docstrings)
 -----------------------------------------------
@@ -36,29 +36,33 @@ Conventions / choices (see also the docstrings)
   average of a pixel and its neighbours: a constant field stays constant.
   Because ``A`` is symmetric this is exactly IRNet's / SANCE's "column
   normalised" ``Â`` applied to row-vector scores (``M Â = (D^-1 A M^T)^T``).
-  ``normalization="mass"`` gives ``(A + I) D^-1`` instead, which preserves the
-  total mass ``sum_i x_i``.
 * Steps: IRNet's ``exp_times`` (8) and SANCE's ``t`` (8) are the number of
   *squarings* of the dense transition matrix in IRNet's code
   (``misc/indexing.py: to_transition_matrix``), i.e. ``2**8 = 256`` walk steps.
-  :func:`propagate` takes the literal number of steps; :func:`random_walk_labels`
-  has ``log2_steps=True`` by default so that ``steps=8`` means 256 steps like
-  the reference implementation.
+  :func:`random_walk_propagate` takes the literal number of steps;
+  :func:`boundary_random_walk` (and :class:`Propagation`) has ``log2_steps=True``
+  by default so that ``steps=8`` means 256 steps like the reference implementation.
+* The walk itself is not differentiable (it runs in place, under ``torch.no_grad``
+  wherever the workbench uses it); the affinities are, for the contour loss.
+  ``wsss/benchmarks/random_walk.py`` holds a sparse-matrix implementation of the same
+  walk, the reference the tests and the timings compare with.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.inference import pack_present
+from wsss.io import IGNORE_INDEX
+
 __all__ = [
-    "IGNORE_INDEX",
     "neighbor_offsets",
     "valid_neighbor_mask",
     "path_max",
@@ -68,16 +72,11 @@ __all__ = [
     "class_balanced_affinity_loss",
     "Transition",
     "transition_from_affinity",
-    "apply_transition",
-    "propagate",
-    "propagate_transition",
-    "to_sparse_transition",
-    "sparse_propagate",
+    "random_walk_propagate",
     "boundary_random_walk",
-    "random_walk_labels",
+    "Propagation",
+    "walk_present",
 ]
-
-IGNORE_INDEX = 255
 
 
 # --------------------------------------------------------------------------- offsets
@@ -330,7 +329,8 @@ def affinity_targets(
     return AffinityTargets(target, bg_pos, fg_pos, neg)
 
 
-def class_balanced_affinity_loss(affinity_pred: torch.Tensor, target, eps: float = 1e-5) -> torch.Tensor:
+def class_balanced_affinity_loss(affinity_pred: torch.Tensor, target: AffinityTargets,
+                                 eps: float = 1e-5) -> torch.Tensor:
     """Class-balanced contour/affinity loss, SANCE Eq. 4::
 
         L = - sum_{bg+} log(a) / (2 N_bg+) - sum_{fg+} log(a) / (2 N_fg+) - sum_{neg} log(1 - a) / N-
@@ -344,21 +344,11 @@ def class_balanced_affinity_loss(affinity_pred: torch.Tensor, target, eps: float
     Args:
         affinity_pred: ``(B, K, h, w)`` affinities in ``[0, 1]`` (e.g. from
             :func:`affinity_from_boundary` on the predicted contour map).
-        target: an :class:`AffinityTargets` (or the same 4-tuple).  A bare
-            target tensor (1/0/255) is also accepted; then bg/fg cannot be told
-            apart and the loss is ``mean_pos + mean_neg`` (documented fallback).
+        target: an :class:`AffinityTargets` (or the same 4-tuple).
     """
     a = affinity_pred
-    if isinstance(target, torch.Tensor):
-        if target.shape != a.shape:
-            raise ValueError(f"target shape {tuple(target.shape)} != affinity shape {tuple(a.shape)}")
-        pos = (target == 1).to(a.dtype)
-        neg = (target == 0).to(a.dtype)
-        pos_loss = -(torch.log(a + eps) * pos).sum() / (pos.sum() + eps)
-        neg_loss = -(torch.log(1.0 + eps - a) * neg).sum() / (neg.sum() + eps)
-        return pos_loss + neg_loss
     if not (isinstance(target, tuple) and len(target) == 4):
-        raise TypeError("target must be an AffinityTargets (or a 1/0/255 tensor)")
+        raise TypeError("target must be an AffinityTargets")
     _, bg_pos, fg_pos, neg = target
     for name, m in (("bg_pos", bg_pos), ("fg_pos", fg_pos), ("neg", neg)):
         if m.shape != a.shape:
@@ -380,63 +370,23 @@ class Transition(NamedTuple):
     """Banded transition matrix: ``x_new[i] = self_weight[i] x[i] + sum_k neighbors[k, i] x[i + o_k]``."""
 
     neighbors: torch.Tensor  # (B, K, h, w)
-    self_weight: torch.Tensor | None  # (B, 1, h, w) or None (no self loop)
+    self_weight: torch.Tensor  # (B, 1, h, w)
     offsets: torch.Tensor  # (K, 2)
 
 
-def transition_from_affinity(
-    A: torch.Tensor,
-    offsets,
-    include_self: bool = True,
-    normalization: str = "row",
-    min_degree: float = 1e-12,
-) -> Transition:
-    """Normalise banded affinities into a random-walk transition.
-
-    ``d_i = [include_self] + sum_k A[k, i]`` (self loop with affinity 1).
-
-    * ``"row"`` (default, IRNet/SANCE): ``T = D^-1 (A + I)``; rows sum to 1, a
-      constant field is a fixed point.  Equal to the papers' column-normalised
-      ``Â`` acting on row-vector scores, because ``A`` is symmetric.
-    * ``"mass"``: ``T = (A + I) D^-1``; columns sum to 1, ``sum_i x_i`` is preserved.
-
-    Pixels with zero degree (only possible with ``include_self=False``) get
-    all-zero rows.
+def transition_from_affinity(A: torch.Tensor, offsets) -> Transition:
+    """Normalise banded affinities into a random-walk transition (IRNet/SANCE):
+    ``T = D^-1 (A + I)`` with ``d_i = 1 + sum_k A[k, i]`` (self loop with affinity 1).
+    Rows sum to 1, a constant field is a fixed point; equal to the papers' column-normalised
+    ``Â`` acting on row-vector scores, because ``A`` is symmetric.
     """
     if A.dim() != 4:
         raise ValueError(f"A must be (B,K,h,w), got {tuple(A.shape)}")
     off = torch.as_tensor(offsets, dtype=torch.long, device=A.device).reshape(-1, 2)
     if off.shape[0] != A.shape[1]:
         raise ValueError(f"A has {A.shape[1]} offsets channels but offsets has {off.shape[0]} rows")
-    deg = A.sum(dim=1, keepdim=True)
-    if include_self:
-        deg = deg + 1.0
-    inv = 1.0 / deg.clamp_min(min_degree)
-    self_w = inv if include_self else None
-    if normalization == "row":
-        nbr = A * inv
-    elif normalization == "mass":
-        offs = _offset_list(off)
-        h, w = A.shape[-2:]
-        p = _pad_size(offs)
-        inv_p = F.pad(inv, (p, p, p, p), value=0.0)
-        inv_nb = torch.cat([_shifted(inv_p, p, dy, dx, h, w) for dy, dx in offs], dim=1)
-        nbr = A * inv_nb
-    else:
-        raise ValueError(f"normalization must be 'row' or 'mass', got {normalization!r}")
-    return Transition(nbr, self_w, off)
-
-
-def _step(
-    x: torch.Tensor, nbrs: list[torch.Tensor], self_w, offs: list[tuple[int, int]], p: int
-) -> torch.Tensor:
-    """``nbrs[k]``: ``(B, 1, h, w)`` weight of neighbour ``offs[k]``."""
-    h, w = x.shape[-2:]
-    xp = F.pad(x, (p, p, p, p))  # zeros: out-of-image neighbours contribute 0
-    out = x * self_w if self_w is not None else torch.zeros_like(x)
-    for wk, (dy, dx) in zip(nbrs, offs):
-        out = out.addcmul_(wk, _shifted(xp, p, dy, dx, h, w))
-    return out
+    inv = 1.0 / (A.sum(dim=1, keepdim=True) + 1.0)
+    return Transition(A * inv, inv, off)
 
 
 def _split(nbr: torch.Tensor) -> list[torch.Tensor]:
@@ -444,10 +394,12 @@ def _split(nbr: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _propagate_inplace(
-    x: torch.Tensor, nbrs: list[torch.Tensor], self_w, offs: list[tuple[int, int]], p: int, steps: int
+    x: torch.Tensor, nbrs: list[torch.Tensor], self_w: torch.Tensor, offs: list[tuple[int, int]], p: int, steps: int
 ) -> torch.Tensor:
-    """Allocation-free variant of repeated :func:`_step` (no autograd): one zero-bordered
-    buffer whose interior holds the current scores, shifted views computed once."""
+    """``steps`` walk steps without allocations (no autograd): one zero-bordered buffer whose
+    interior holds the current scores, shifted views computed once; ``nbrs[k]``: ``(B, 1, h, w)``
+    weight of neighbour ``offs[k]``.  Out-of-image neighbours contribute 0 (zero padding +
+    slicing, not ``roll``)."""
     B, C, h, w = x.shape
     xp = x.new_zeros((B, C, h + 2 * p, w + 2 * p))
     cur = xp[..., p : p + h, p : p + w]
@@ -455,10 +407,7 @@ def _propagate_inplace(
     views = [_shifted(xp, p, dy, dx, h, w) for dy, dx in offs]
     out = torch.empty_like(x)
     for i in range(steps):
-        if self_w is not None:
-            torch.mul(cur, self_w, out=out)
-        else:
-            out.zero_()
+        torch.mul(cur, self_w, out=out)
         for wk, v in zip(nbrs, views):
             out.addcmul_(wk, v)
         if i + 1 < steps:
@@ -466,111 +415,34 @@ def _propagate_inplace(
     return out
 
 
-def apply_transition(x: torch.Tensor, transition: Transition) -> torch.Tensor:
-    """One random-walk step ``x <- T x`` for scores ``x`` of shape ``(B, C, h, w)``.
+def random_walk_propagate(scores: torch.Tensor, A: torch.Tensor, offsets, steps: int) -> torch.Tensor:
+    """Random walk: ``x <- T x`` applied ``steps`` times (literal count) with ``T`` from
+    :func:`transition_from_affinity`.  Not differentiable: with gradients enabled, inputs that
+    require them are refused (run it under ``torch.no_grad()``).
 
-    Out-of-image neighbours contribute 0 (zero padding + slicing, not ``roll``).
+    Args:
+        scores: ``(B, C, h, w)``.
+        A: ``(B, K, h, w)`` banded affinities, ``offsets`` ``(K, 2)``.
     """
-    offs = _offset_list(transition.offsets)
-    return _step(x, _split(transition.neighbors), transition.self_weight, offs, _pad_size(offs))
-
-
-def propagate_transition(scores: torch.Tensor, transition: Transition, steps: int) -> torch.Tensor:
-    """Apply a precomputed :class:`Transition` ``steps`` times."""
     if int(steps) != steps or steps < 0:
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
-    nbr, self_w, off = transition
+    nbr, self_w, off = transition_from_affinity(A, offsets)
     if scores.dim() != 4:
         raise ValueError(f"scores must be (B,C,h,w), got {tuple(scores.shape)}")
     if scores.shape[0] != nbr.shape[0] or scores.shape[-2:] != nbr.shape[-2:]:
         raise ValueError(
             f"scores {tuple(scores.shape)} incompatible with affinities {tuple(nbr.shape)}"
         )
-    offs = _offset_list(off)
-    p = _pad_size(offs)
-    nbrs = _split(nbr)
     x = scores.to(nbr.dtype)
-    steps = int(steps)
-    needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or nbr.requires_grad or (self_w is not None and self_w.requires_grad)
-    )
+    if torch.is_grad_enabled() and (x.requires_grad or nbr.requires_grad):
+        raise ValueError("the random walk is not differentiable: run it under torch.no_grad()")
     if steps == 0:
         return x.clone()
-    if not needs_grad:
-        return _propagate_inplace(x, nbrs, self_w, offs, p, steps)
-    for _ in range(steps):
-        x = _step(x, nbrs, self_w, offs, p)
-    return x
+    offs = _offset_list(off)
+    return _propagate_inplace(x, _split(nbr), self_w, offs, _pad_size(offs), int(steps))
 
 
-def propagate(
-    scores: torch.Tensor,
-    A: torch.Tensor,
-    offsets,
-    steps: int,
-    include_self: bool = True,
-    normalization: str = "row",
-) -> torch.Tensor:
-    """Random walk: ``x <- T x`` applied ``steps`` times (literal count) with ``T`` from
-    :func:`transition_from_affinity`.
-
-    Args:
-        scores: ``(B, C, h, w)``.
-        A: ``(B, K, h, w)`` banded affinities, ``offsets`` ``(K, 2)``.
-    """
-    tr = transition_from_affinity(A, offsets, include_self=include_self, normalization=normalization)
-    return propagate_transition(scores, tr, steps)
-
-
-# --------------------------------------------------------------------------- sparse path
-
-
-def to_sparse_transition(
-    A: torch.Tensor, offsets, include_self: bool = True, normalization: str = "row"
-) -> torch.Tensor:
-    """The same transition as a ``torch.sparse_csr`` matrix of size ``(B*h*w, B*h*w)``.
-
-    Block-diagonal over the batch; pixel ``(b, y, x)`` has index ``(b*h + y)*w + x``.
-    Use with :func:`sparse_propagate` (``x_new = T @ x`` with ``x`` of shape
-    ``(B*h*w, C)``), or for explicit matrix powers on small maps.
-    """
-    tr = transition_from_affinity(A, offsets, include_self=include_self, normalization=normalization)
-    B, K, h, w = A.shape
-    dev = A.device
-    off, weights = tr.offsets, tr.neighbors
-    if tr.self_weight is not None:
-        off = torch.cat([off, off.new_zeros(1, 2)])
-        weights = torch.cat([weights, tr.self_weight], dim=1)
-    # col - row == dy * w + dx for every in-image entry: ordering the offsets by this
-    # displacement yields sorted, unique column indices in every row, so the CSR
-    # arrays are built directly (no COO sort).
-    disp = off[:, 0] * w + off[:, 1]
-    order = torch.argsort(disp)
-    off, disp, weights = off[order], disp[order], weights[:, order]
-    n = B * h * w
-    valid = valid_neighbor_mask(off, h, w, device=dev).expand(B, -1, h, w).permute(0, 2, 3, 1)
-    rows = torch.arange(n, device=dev).view(B, h, w, 1)
-    cols = (rows + disp.view(1, 1, 1, -1)).expand(B, h, w, -1)[valid]
-    vals = weights.permute(0, 2, 3, 1)[valid]  # boolean indexing keeps row-major order
-    crow = torch.zeros(n + 1, dtype=torch.long, device=dev)
-    crow[1:] = valid.reshape(n, -1).sum(dim=1).cumsum(0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(crow, cols, vals, (n, n), check_invariants=False)
-
-
-def sparse_propagate(scores: torch.Tensor, T: torch.Tensor, steps: int) -> torch.Tensor:
-    """``steps`` random-walk steps with a sparse transition from :func:`to_sparse_transition`."""
-    B, C, h, w = scores.shape
-    if T.shape[0] != B * h * w:
-        raise ValueError(f"transition of size {tuple(T.shape)} does not match scores {tuple(scores.shape)}")
-    x = scores.to(T.dtype).permute(0, 2, 3, 1).reshape(B * h * w, C)
-    for _ in range(int(steps)):
-        x = T @ x
-    return x.reshape(B, h, w, C).permute(0, 3, 1, 2).contiguous()
-
-
-# --------------------------------------------------------------------------- pseudo labels
+# --------------------------------------------------------------------------- score propagation
 
 
 def boundary_random_walk(
@@ -581,8 +453,6 @@ def boundary_random_walk(
     steps: int = 8,
     *,
     log2_steps: bool = True,
-    include_self: bool = True,
-    method: str = "banded",
 ) -> torch.Tensor:
     """Batched score propagation, SANCE Eq. 6: ``(M ⊙ (1 - B)) Â^s``.
 
@@ -590,121 +460,51 @@ def boundary_random_walk(
         scores: ``(B, C, h, w)`` non-negative scores (CAMs, segmentation probabilities).
         boundary: ``(B, 1, h, w)`` or ``(B, h, w)`` boundary map in ``[0, 1]`` (clamped).
         steps: ``s = 2**steps`` walk steps if ``log2_steps`` (IRNet's ``exp_times``) else ``steps``.
-        method: ``"banded"`` or ``"sparse"`` (block-diagonal CSR over the batch), same result.
 
     Returns:
         ``(B, C, h, w)`` propagated scores (no normalization).
     """
     if scores.dim() != 4:
         raise ValueError(f"scores must be (B, C, h, w), got {tuple(scores.shape)}")
-    if method not in ("banded", "sparse"):
-        raise ValueError(f"method must be 'banded' or 'sparse', got {method!r}")
     bnd = _as_boundary(boundary).to(device=scores.device, dtype=scores.dtype).clamp(0.0, 1.0)
     if bnd.shape[0] != scores.shape[0] or bnd.shape[-2:] != scores.shape[-2:]:
         raise ValueError(f"boundary {tuple(bnd.shape)} does not match scores {tuple(scores.shape)}")
     x = scores.clamp_min(0.0) * (1.0 - bnd[:, None])
     A, offs = affinity_from_boundary(bnd[:, None], radius=radius, power=power)
     n_steps = 2 ** int(steps) if log2_steps else int(steps)
-    if method == "sparse":
-        return sparse_propagate(x, to_sparse_transition(A, offs, include_self=include_self), n_steps)
-    return propagate(x, A, offs, n_steps, include_self=include_self)
+    return random_walk_propagate(x, A, offs, n_steps)
 
 
-def random_walk_labels(
-    cam,
-    boundary,
-    present_classes: Sequence[int],
-    radius: float = 5.0,
-    power: float = 10.0,
-    steps: int = 8,
-    bg_score: float = 0.25,
-    *,
-    log2_steps: bool = True,
-    normalize: str | None = "max",
-    out_size: tuple[int, int] | None = None,
-    scale_factor: float | None = None,
-    include_self: bool = True,
-    method: str = "banded",
-    return_scores: bool = False,
-):
-    """IRNet / SANCE pseudo labels: boundary-aware random walk of class scores.
+@dataclass(frozen=True)
+class Propagation:
+    """Random-walk hyper-parameters: radius delta, power n, steps t (2**t walk steps with
+    `log2_steps`, the reference code's matrix squarings)."""
 
-    1. ``x = relu(cam) * (1 - B)`` (SANCE Eq. 6 ``M ⊙ (1 - B)``; IRNet does the same).
-    2. ``A`` from Eq. 2 with ``radius`` (delta) and ``power`` (n / beta).
-    3. ``x <- T^s x`` with ``s = 2**steps`` if ``log2_steps`` (IRNet's
-       ``exp_times``: ``steps=8`` -> 256 steps, the reference behaviour) else ``steps``.
-    4. Optional bilinear resize: ``scale_factor`` (then crop to ``out_size`` —
-       IRNet upsamples x4 and crops) or directly to ``out_size``.
-    5. ``normalize``: ``"max"`` divides by the global max over all classes and
-       pixels (IRNet ``rw_up / max(rw_up)``), ``"channel"`` by each class's max,
-       ``None`` keeps raw propagated scores (SANCE's online labels compare raw
-       ``M^b`` with tau_b).
-    6. A constant background channel ``bg_score`` is prepended (IRNet
-       ``sem_seg_bg_thres = 0.25`` on max-normalised scores; SANCE's tau_b, value
-       not given in the paper), argmax, and channel ``c`` is mapped to
-       ``present_classes[c - 1]`` (0 = background).
+    radius: float
+    power: float
+    steps: int = 8
+    log2_steps: bool = True
 
-    ``method="sparse"`` runs step 3 with a CSR matrix (:func:`to_sparse_transition`),
-    same result; in ``wsss/benchmarks/random_walk.py`` (1 CPU thread, 256 steps)
-    it was faster than the banded loop (32x32: ~0.1 s vs ~0.25 s; 128x128:
-    ~1.9 s vs ~2.2 s), slower for few steps.  Not measured on CUDA yet.
+    def walk(self, scores: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+        return boundary_random_walk(scores.float(), boundary.float(), self.radius, self.power, self.steps,
+                                    log2_steps=self.log2_steps)
 
-    Args:
-        cam: ``(C, h, w)`` scores of the present foreground classes (tensor or array).
-        boundary: ``(h, w)`` boundary map in ``[0, 1]`` at the same resolution.
-        present_classes: the ``C`` class ids (background excluded).
 
-    Returns:
-        ``LongTensor (H, W)`` of class ids on ``cam``'s device; with
-        ``return_scores=True`` also the ``(1 + C, H, W)`` scores (bg first).
+def walk_present(walk: Propagation, scores: torch.Tensor, present: torch.Tensor,
+                 boundary: torch.Tensor) -> torch.Tensor:
+    """`walk` of the present classes' channels only (absent ones come back 0).
+
+    The walk is linear and per channel, so only the (few) present channels of each image are
+    propagated, packed into max-present-count channels: the cost follows the image labels, not K.
+    scores (B, K, h, w), present (B, K) bool, boundary (B, 1, h, w).
     """
-    cam_t = cam if isinstance(cam, torch.Tensor) else torch.as_tensor(np.asarray(cam))
-    if cam_t.dim() != 3:
-        raise ValueError(f"cam must be (C, h, w), got {tuple(cam_t.shape)}")
-    if cam_t.dtype not in (torch.float32, torch.float64):
-        cam_t = cam_t.float()  # ints / half precision: compute in float32
-    dev = cam_t.device
-    bnd = boundary if isinstance(boundary, torch.Tensor) else torch.as_tensor(np.asarray(boundary))
-    bnd = bnd.to(device=dev, dtype=cam_t.dtype)
-    if bnd.dim() == 3 and bnd.shape[0] == 1:
-        bnd = bnd[0]
-    if bnd.dim() != 2 or bnd.shape != cam_t.shape[-2:]:
-        raise ValueError(f"boundary must be (h, w) = {tuple(cam_t.shape[-2:])}, got {tuple(bnd.shape)}")
-    keys = [int(c) for c in present_classes]
-    C, h, w = cam_t.shape
-    if len(keys) != C:
-        raise ValueError(f"present_classes has {len(keys)} entries but cam has {C} channels")
-    if any(k == 0 for k in keys):
-        raise ValueError("present_classes must not contain the background id 0")
-    if method not in ("banded", "sparse"):
-        raise ValueError(f"method must be 'banded' or 'sparse', got {method!r}")
-    if normalize not in ("max", "channel", None):
-        raise ValueError(f"normalize must be 'max', 'channel' or None, got {normalize!r}")
-    bnd = bnd.clamp(0.0, 1.0)
-
-    if C > 0:
-        rw = boundary_random_walk(cam_t[None], bnd[None], radius, power, steps, log2_steps=log2_steps,
-                                  include_self=include_self, method=method)
-    else:
-        rw = cam_t.new_zeros((1, 1, h, w))  # dummy channel so resizing works; dropped below
-
-    if scale_factor is not None:
-        rw = F.interpolate(rw, scale_factor=scale_factor, mode="bilinear", align_corners=False)
-        if out_size is not None:
-            rw = rw[..., : out_size[0], : out_size[1]]
-    elif out_size is not None and tuple(out_size) != (h, w):
-        rw = F.interpolate(rw, size=tuple(out_size), mode="bilinear", align_corners=False)
-    rw = rw[0, :C]
-
-    if C > 0:
-        if normalize == "max":
-            rw = rw / rw.max().clamp_min(1e-5)
-        elif normalize == "channel":
-            rw = rw / rw.flatten(1).amax(dim=1).clamp_min(1e-5)[:, None, None]
-
-    scores = torch.cat([rw.new_full((1, *rw.shape[-2:]), float(bg_score)), rw], dim=0)
-    lut = torch.tensor([0, *keys], dtype=torch.long, device=dev)
-    labels = lut[scores.argmax(dim=0)]
-    if return_scores:
-        return labels, scores
-    return labels
+    b, k, h, w = scores.shape
+    out = torch.zeros_like(scores, dtype=torch.float32)
+    order, kept = pack_present(present)
+    n = order.shape[1]
+    if n == 0:
+        return out
+    keep = kept[:, :, None, None]
+    idx = order[:, :, None, None].expand(b, n, h, w)
+    packed = torch.gather(scores.float(), 1, idx) * keep
+    return out.scatter_(1, idx, walk.walk(packed, boundary) * keep)

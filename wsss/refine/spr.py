@@ -8,12 +8,15 @@ one softmax). The kernel of class c mixes colour and class-score differences:
     k^c(i, j) = -alpha |x_i - x_j| / (beta sigma_x) - (1 - alpha) |m^c_i - m^c_j| / (beta sigma_m^c)
 
 with sigma the standard deviation of the 3x3 window at that dilation and the colour term averaged
-over RGB. The paper prints sigma^2 but equates alpha = 1 with PAMR (SSSS's refinement), whose kernel
-is |dx| / (0.1 sigma); we use PAMR's scaling (beta = 0.1), so alpha = 1 is exactly PAMR. The
-semantic term compares the class scores s of Eq. 5 (`scores`; by default the maps m being
-refined). Shape cues passes its decoder's scores, whose constant background score leaves the
-background channel with colour affinities alone. Affinities are computed once and applied T
-times. Everything is unfold / tensor algebra: no loops over pixels.
+over RGB. Eq. 5 scales the semantic term by a per-class sigma_s^c; the class map's standard
+deviation over the image, tried as that reading, lowered the shape cues runs' mIoU
+(docs/findings.md), so both terms use the window's. The paper prints sigma^2 but equates alpha = 1
+with PAMR (SSSS's refinement), whose kernel is |dx| / (0.1 sigma); we use PAMR's scaling
+(beta = 0.1), so alpha = 1 is exactly PAMR. The semantic term compares the class scores s of
+Eq. 5 (`scores`; by default the maps m being refined). Shape cues passes its decoder's scores,
+whose constant background score leaves the background channel with colour affinities alone.
+Affinities are computed once and applied T times. Everything is unfold / tensor algebra: no loops
+over pixels.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 from wsss.io import IGNORE_INDEX
 
 DILATIONS: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
-SIGMAS: tuple[str, ...] = ("window", "image")
+ALPHA = 0.8  # Eq. 5's balance: colour alone at 1, class scores alone at 0
 
 
 def _windows(x: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -46,19 +49,14 @@ def shifted_stack(padded: torch.Tensor, k: int, dilation: int, size: Sequence[in
 _NEIGHBOURS = [k for k in range(9) if k != 4]
 
 
-def local_differences(x: torch.Tensor, dilations: Sequence[int] = DILATIONS,
-                      sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """|x_i - x_j| / sigma for the 8 neighbours j of every dilation: (B, C, 8 * len(dilations), H, W).
-    sigma defaults to the standard deviation of i's window at that dilation (PAMR); a given
-    `sigma` (B, C, 1, 1) is used instead (0 differences stay 0)."""
+def local_differences(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> torch.Tensor:
+    """|x_i - x_j| / sigma for the 8 neighbours j of every dilation: (B, C, 8 * len(dilations), H, W),
+    sigma the standard deviation of i's window at that dilation (PAMR)."""
     out = []
     for d in dilations:
         win = _windows(x, d)
-        if sigma is None:
-            # Unbiased std written out: Tensor.std over a middle dimension is ~10x slower on CPU.
-            std = (win - win.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(8).sqrt()
-        else:
-            std = sigma[:, :, None]
+        # Unbiased std written out: Tensor.std over a middle dimension is ~10x slower on CPU.
+        std = (win - win.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(8).sqrt()
         out.append((win[:, :, _NEIGHBOURS] - x[:, :, None]).abs() / (std + 1e-8))
     return torch.cat(out, dim=2)
 
@@ -68,26 +66,19 @@ def local_neighbours(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> t
     return torch.cat([_windows(x, d)[:, :, _NEIGHBOURS] for d in dilations], dim=2)
 
 
-def spr_affinity(image: torch.Tensor, scores: torch.Tensor, alpha: float = 0.8,
-                 dilations: Sequence[int] = DILATIONS, beta: float = 0.1, sigma: str = "window") -> torch.Tensor:
+def spr_affinity(image: torch.Tensor, scores: torch.Tensor, alpha: float = ALPHA,
+                 dilations: Sequence[int] = DILATIONS, beta: float = 0.1) -> torch.Tensor:
     """delta^c_{j->i} (Eq. 5 and its local softmax): (B, C, P, H, W), summing to 1 over P.
 
     image (B, 3, H, W) at the resolution of the class maps `scores` (B, C, H, W) of the semantic
-    term. With alpha = 1 the affinity is the same for every class (pure colour refinement, PAMR).
-    `sigma` scales the semantic term: "window" by the local window's standard deviation (as the
-    colour term), "image" by the class map's standard deviation over the image (Eq. 5's per-class
-    sigma_s^c)."""
+    term. With alpha = 1 the affinity is the same for every class (pure colour refinement, PAMR)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    if sigma not in SIGMAS:
-        raise ValueError(f"sigma must be one of {SIGMAS}, got {sigma!r}")
     if image.shape[-2:] != scores.shape[-2:] or image.shape[0] != scores.shape[0]:
         raise ValueError(f"image {tuple(image.shape)} and scores {tuple(scores.shape)} must share batch and size")
     kernel = -alpha * local_differences(image.float(), dilations).mean(dim=1, keepdim=True) / beta
     if alpha < 1.0:
-        m = scores.float()
-        scale = m.flatten(2).std(dim=2)[..., None, None] if sigma == "image" else None
-        kernel = kernel - (1.0 - alpha) * local_differences(m, dilations, scale) / beta
+        kernel = kernel - (1.0 - alpha) * local_differences(scores.float(), dilations) / beta
     return kernel.softmax(dim=2)
 
 
@@ -101,16 +92,16 @@ def propagate(probs: torch.Tensor, affinity: torch.Tensor, dilations: Sequence[i
 
 
 @torch.no_grad()
-def spr(probs: torch.Tensor, image: torch.Tensor, alpha: float = 0.8, dilations: Sequence[int] = DILATIONS,
-        iterations: int = 10, sigma: str = "window", scores: torch.Tensor | None = None) -> torch.Tensor:
+def spr(probs: torch.Tensor, image: torch.Tensor, alpha: float = ALPHA, dilations: Sequence[int] = DILATIONS,
+        iterations: int = 10, scores: torch.Tensor | None = None) -> torch.Tensor:
     """Refined maps m_T (B, C, H, W) of probs (B, C, H, W) guided by image (B, 3, H, W) and, in
     the semantic term, by `scores` (B, C, H, W; None: probs)."""
-    affinity = spr_affinity(image, probs if scores is None else scores, alpha, dilations, sigma=sigma)
+    affinity = spr_affinity(image, probs if scores is None else scores, alpha, dilations)
     return propagate(probs, affinity, dilations, iterations)[-1]
 
 
 def pseudo_mask(refined: torch.Tensor, valid: torch.Tensor | None = None, cutoff: float = 0.6,
-                floor: float = 0.2, bg_cutoff: float | None = None) -> torch.Tensor:
+                floor: float = 0.2) -> torch.Tensor:
     """(B, H, W) labels (channel index, IGNORE_INDEX for unsure or conflicting pixels).
 
     Channel c claims the pixels above max(cutoff * its maximum over the image, floor); a pixel
@@ -120,10 +111,7 @@ def pseudo_mask(refined: torch.Tensor, valid: torch.Tensor | None = None, cutoff
     if valid is not None:
         scores = scores * valid[:, None].to(scores.dtype)
     peak = scores.flatten(2).amax(dim=2)[..., None, None]
-    cut = torch.full_like(peak, cutoff)
-    if bg_cutoff is not None:  # SSSS's pseudo_gtmask: background (channel 0) at its own cutoff
-        cut[:, 0] = bg_cutoff
-    claimed = scores > (cut * peak).clamp_min(floor)
+    claimed = scores > (torch.full_like(peak, cutoff) * peak).clamp_min(floor)
     labels = scores.argmax(dim=1)
     keep = claimed.sum(dim=1) == 1
     if valid is not None:

@@ -1,0 +1,107 @@
+"""Notebook 06's views of a shape cues run: what SCM and SPR do on one image, SPR's balance alpha
+swept with the network held fixed (the paper's Table 6), and the time of one online SPR step."""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss.io import IGNORE_INDEX
+from wsss.inference import present_with_background
+from wsss.methods.shape_cues import ShapeCues, drop_probability, self_information
+from wsss.metrics import ConfusionMeter
+from wsss.refine.spr import propagate, pseudo_mask, spr_affinity
+
+# The rows of the paper's Table 5: (name, scm, spr).
+ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
+    ("baseline", False, False), ("+SPR", False, True), ("+SCM", True, False), ("+SCM +SPR", True, True))
+
+
+@torch.no_grad()
+def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
+    """What the method does on one (3, H, W) image, at the decoder's resolution (numpy arrays):
+    `information` (SCM self-information, all offsets), `drop_prob`, `keep` (survival probability),
+    `sampled_keep` (one training draw), `probs` (1 + K, h, w) decoder probabilities, and label maps
+    (0 = background, k + 1 = class k) over background + present classes: `spr_steps` (T + 1, the
+    argmax after each SPR iteration), `pseudo` (the online pseudo mask, 255 = ignored) and
+    `prediction` (the decoder's argmax)."""
+    x = image[None]
+    out: dict[str, Any] = {}
+    if model.scm is not None:
+        feats = model.backbone(x)[0]
+        info = self_information(feats, model.scm.offsets, model.scm.bandwidth, model.scm.patch)
+        out["information"] = info[0].cpu().numpy()
+        out["drop_prob"] = drop_probability(info, model.scm.tau)[0].cpu().numpy()
+        out["keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
+        model.scm.train()
+        out["sampled_keep"] = model.scm.keep_mask(feats)[0, 0].cpu().numpy()
+        model.scm.eval()
+    scores = model.scores(x).float()
+    probs = scores.softmax(dim=1)
+    present = present_with_background(label[None]).to(probs)[..., None, None]
+    small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
+    fg = probs * present
+    steps = propagate(fg, spr_affinity(small, model.semantic_maps(scores, probs), model.alpha))
+    out["probs"] = probs[0].cpu().numpy()
+    out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
+    out["pseudo"] = pseudo_mask(steps[-1])[0].cpu().numpy()
+    out["prediction"] = fg.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy()
+    return out
+
+
+# Table 6's balances: colour only (PAMR) down to class scores only.
+ALPHA_SWEEP: tuple[float, ...] = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.0)
+
+
+@torch.no_grad()
+def spr_alpha_sweep(model: ShapeCues, dataset, alphas: Sequence[float] = ALPHA_SWEEP, batch_size: int = 16,
+                    limit: int | None = None, device: str | torch.device = "cpu") -> list[dict[str, float]]:
+    """The paper's Table 6 "train-pseudo" row with the network held fixed: the online pseudo masks
+    that SPR at each alpha makes from this model's decoder on `dataset` (its first `limit` images),
+    scored against the ground truth at the decoder's resolution. Per alpha: `miou` over the pixels
+    the masks label, `labelled` (their share of the non-ignored pixels) and `changed` (the share of
+    labelled pixels whose pseudo label differs from the decoder's own argmax over the present
+    classes: how much correction the masks carry back into training)."""
+    k = model.classifier.out_channels + 1
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    meters = {a: ConfusionMeter(k) for a in alphas}
+    counts = {a: np.zeros(3) for a in alphas}  # labelled, changed, non-ignored ground truth
+    for start in range(0, n, batch_size):
+        samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        images = torch.stack([s["image"] for s in samples]).to(device)
+        labels = torch.stack([s["label"] for s in samples]).to(device)
+        scores = model.scores(images).float()
+        gt = F.interpolate(torch.stack([torch.as_tensor(s["mask"]) for s in samples])[:, None].float(),
+                           size=scores.shape[-2:], mode="nearest")[:, 0].to(torch.int64).numpy()
+        present = present_with_background(labels)[..., None, None]
+        argmax = scores.masked_fill(~present, -torch.inf).argmax(dim=1).cpu().numpy()
+        for a in alphas:
+            pseudo = model.online_pseudo_masks(images, scores, labels, alpha=a).cpu().numpy()
+            labelled = (pseudo != IGNORE_INDEX) & (gt != IGNORE_INDEX)
+            meters[a].update(pseudo, np.where(labelled, gt, IGNORE_INDEX))
+            counts[a] += [labelled.sum(), (labelled & (pseudo != argmax)).sum(), (gt != IGNORE_INDEX).sum()]
+    return [{"alpha": a, "miou": meters[a].scores()["miou"], "labelled": float(counts[a][0] / max(counts[a][2], 1)),
+             "changed": float(counts[a][1] / max(counts[a][0], 1))} for a in alphas]
+
+
+@torch.no_grad()
+def spr_seconds_per_batch(model: ShapeCues, dataset, batch_size: int = 16, repeats: int = 3,
+                          device: str | torch.device = "cpu") -> float:
+    """Wall time of one online SPR + pseudo-mask step on a batch of `dataset` (best of `repeats`)."""
+    samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    images = torch.stack([s["image"] for s in samples]).to(device)
+    labels = torch.stack([s["label"] for s in samples]).to(device)
+    scores = model.scores(images).float()
+    times = []
+    for _ in range(repeats):
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.online_pseudo_masks(images, scores, labels)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return min(times)
