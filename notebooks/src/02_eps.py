@@ -54,6 +54,7 @@ ablation_epochs = 1  # schedule of every sweep row, CAM included, None: that of 
 from IPython.display import Markdown, display
 
 from wsss import report, viz
+from wsss.analysis.baseline import threshold_sweeps, versus_baseline
 from wsss.analysis.eps import example_grid_rows, non_default_options, saliency_dataset, selection_rows
 from wsss.experiment import Experiment, experiment_factory
 
@@ -90,17 +91,14 @@ viz.save_figure(viz.plot_curves({"CAM": baseline.train_log(), "EPS": exp.train_l
 # ## Background threshold sweep
 
 # %%
-sweeps_thr = {"CAM": baseline.sweep(), "EPS": exp.sweep()}
-viz.save_figure(viz.plot_sweeps(sweeps_thr), "02_eps_sweep")
-print({name: sw["best_threshold"] for name, sw in sweeps_thr.items()})
+threshold_sweeps({"CAM": baseline, "EPS": exp}, "02_eps_sweep");
 
 # %% [markdown]
 # ## Metrics (pseudo masks from the class maps, evaluation split)
 
 # %%
 part = exp.phenomena().get("part_defined", [])
-rows, scores = report.versus_rows({"CAM": baseline, "EPS": exp}, results, crf=crf, part_classes=part)
-report.record([r for r in rows if r["method"] == "eps"])
+rows, scores = versus_baseline({"CAM": baseline, "EPS": exp}, results, crf, part)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -45,6 +45,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from wsss import report, viz
+from wsss.analysis.baseline import threshold_sweeps, versus_baseline
 from wsss.analysis.vwl import (ABLATION_ROWS, branch_cams, distinctive_words, word_examples, word_map_at,
                                word_usage)
 from wsss.experiment import Experiment, experiment_factory
@@ -82,17 +83,14 @@ viz.save_figure(viz.plot_curves({"CAM": baseline.train_log(), "VWL": exp.train_l
 # ## Background threshold sweep
 
 # %%
-sweeps = {"CAM": baseline.sweep(), "VWL": exp.sweep()}
-viz.save_figure(viz.plot_sweeps(sweeps), "03_vwl_sweep")
-print({name: sw["best_threshold"] for name, sw in sweeps.items()})
+threshold_sweeps({"CAM": baseline, "VWL": exp}, "03_vwl_sweep");
 
 # %% [markdown]
 # ## Metrics (CAM pseudo masks on the evaluation split)
 
 # %%
 part = exp.phenomena().get("part_defined", [])
-rows, scores = report.versus_rows({"CAM": baseline, "VWL": exp}, results, crf=crf, part_classes=part)
-report.record([r for r in rows if r["method"] == "vwl"])
+rows, scores = versus_baseline({"CAM": baseline, "VWL": exp}, results, crf, part)
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -52,6 +52,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from wsss import report, viz
+from wsss.analysis.baseline import threshold_sweeps, versus_baseline
 from wsss.analysis.rcm_mam import ABLATION_ROWS, explain
 from wsss.experiment import Experiment, experiment_factory
 
@@ -93,17 +94,14 @@ viz.save_figure(viz.plot_curves({"CAM": baseline.train_log(), "RCM + MAM": exp.t
 # ## Background threshold sweep
 
 # %%
-sweeps = {"CAM": baseline.sweep(), "RCM + MAM": exp.sweep()}
-viz.save_figure(viz.plot_sweeps(sweeps), "05_rcm_mam_sweep")
-print({name: sw["best_threshold"] for name, sw in sweeps.items()})
+threshold_sweeps({"CAM": baseline, "RCM + MAM": exp}, "05_rcm_mam_sweep");
 
 # %% [markdown]
 # ## Metrics (CAM pseudo masks on the evaluation split)
 
 # %%
 part = exp.phenomena().get("part_defined", [])
-rows, scores = report.versus_rows({"CAM": baseline, "RCM + MAM": exp}, results, crf=crf, part_classes=part)
-report.record([r for r in rows if r["method"] == "rcm_mam"])
+rows, scores = versus_baseline({"CAM": baseline, "RCM + MAM": exp}, results, crf, part)
 
 # %%
 # NBVAL_CHECK_OUTPUT
