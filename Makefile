@@ -15,11 +15,14 @@ export PYTHONUNBUFFERED := 1
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "[setup] installing the environment into $(VENV) (torch, torchvision, pydensecrf2, Jupyter, ...;"
+	@echo "[setup] 2-5 minutes the first time, most of it downloading and building wheels)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --progress-bar off -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	@touch $(STAMP)
+	@echo "[setup] done"
 
 # SynthVOC (quick preset), every method notebook executed into reports/ (JOBS side by side),
 # then the comparison notebook and the summary table.

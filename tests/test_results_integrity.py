@@ -196,6 +196,17 @@ def test_the_cli_prints_one_line_errors(capsys: pytest.CaptureFixture[str]) -> N
         cli(["--debug", "run", "01_cam_baseline", "-p", "epoch", "3"])
 
 
+def test_the_cli_help_lists_every_command_without_importing_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom wsss import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+    assert all(name in out for name in ("data", "eval", "pretrain", "run", "demo"))
+
+
 @pytest.mark.slow
 def test_a_failed_run_keeps_the_last_good_notebook(tiny_root: Path, tmp_path: Path) -> None:
     good = tmp_path / "00_dataset__preset-tiny.ipynb"

@@ -1,4 +1,5 @@
-"""The `wsss` command. Each sub-command lives beside the code it drives and registers itself here.
+"""The `wsss` command. Each sub-command lives beside the code it drives and registers itself there;
+only the module of the command being run is imported, so `wsss --help` answers without torch.
 
 An error is one line on stderr (`wsss: error: ...`, exit status 1); `--debug` shows the traceback.
 """
@@ -8,27 +9,36 @@ import argparse
 import importlib
 import sys
 
-# module path -> that module's `register(subparsers)` adds its sub-command(s)
-_COMMAND_MODULES = (
-    "wsss.data.synthvoc",
-    "wsss.metrics",
-    "wsss.pretrain",
-    "wsss.runner",
-)
+from wsss import __version__
+
+# command -> (the module whose `register(subparsers)` adds it, its one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("wsss.data.synthvoc", "datasets: generate SynthVOC"),
+    "eval": ("wsss.metrics", "evaluate a folder of label maps against ground truth"),
+    "pretrain": ("wsss.pretrain", "pretrain the small backbone on a generated SynthVOC corpus"),
+    "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),
+    "demo": ("wsss.runner", "SynthVOC + every method notebook into reports/, then the summary table"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with `command`'s full arguments; other commands by name and help only."""
     parser = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic segmentation workbench.")
+    parser.add_argument("--version", action="version", version=f"wsss {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register(sub)
+    for name, (_, help_text) in COMMANDS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
