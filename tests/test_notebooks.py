@@ -61,6 +61,9 @@ def test_notebook_runs_under_papermill(notebook: Path, tiny_root: Path, tmp_path
     assert not errors
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])), \
         "the notebook shows no figure"
+    bars = [o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json"
+            in o.get("data", {}) and "%|" in str(o["data"].get("text/plain", ""))]
+    assert not bars, "a headless run saves text progress, not widget bars a static viewer shows at 0%"
     stored = REGRESSION / notebook.name
     assert stored.is_file(), f"no stored run {stored}: python tests/regression/update.py {notebook.stem}"
     if not ON_AVX2_PATHS:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.inference import load_cam
 from wsss.io import DatasetError, load_label_png

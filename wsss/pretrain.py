@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.data import synthvoc
 from wsss.data.transforms import IMAGENET_MEAN, IMAGENET_STD

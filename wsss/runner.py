@@ -17,12 +17,14 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from wsss.cache import digest
 from wsss.io import write_json
 from wsss.paths import notebooks_dir, portable, project_root, reports_dir
+from wsss.progress import TEXT_ENV
 
 # The notebooks that are not a method's: the dataset first, the comparison last (it reads every
 # method's run).
@@ -126,8 +128,9 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.stem}.", suffix=".running.ipynb")
     os.close(fd)
     try:
-        papermill.execute_notebook(str(source), tmp, parameters=parameters, kernel_name=kernel_name,
-                                   cwd=str(project_root()), progress_bar=progress)
+        with _environment(**{TEXT_ENV: "1"}):  # the kernel inherits it: text bars in the saved outputs
+            papermill.execute_notebook(str(source), tmp, parameters=parameters, kernel_name=kernel_name,
+                                       cwd=str(project_root()), progress_bar=progress)
     except papermill.PapermillExecutionError as e:
         failed = target.with_name(f"{target.stem}.failed.ipynb")
         os.replace(tmp, failed)
@@ -139,6 +142,21 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return target
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """`values` set in os.environ for the block (child processes inherit them), then restored."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, progress: bool = True,

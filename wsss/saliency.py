@@ -17,7 +17,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.cache import cached_folder, code_fingerprint, digest, files_fingerprint
 from wsss.data.voc import DatasetError, VOCLayout, read_rgb

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.io import atomic_path, exclusive, write_json, write_text
 from wsss.methods.base import WSSSMethod

@@ -12,7 +12,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.evaluation import context_dir_of
 from wsss.io import IGNORE_INDEX

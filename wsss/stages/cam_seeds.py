@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.cache import cached_folder, digest
 from wsss.inference import load_cam

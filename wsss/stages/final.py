@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.data.transforms import train_transform
 from wsss.data.voc import VOCDataset

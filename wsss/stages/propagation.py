@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.cache import cached_folder, cached_json, digest
 from wsss.inference import SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, size_grouped_batches

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from wsss.progress import tqdm
 
 from wsss.inference import load_cam
 from wsss.io import save_label_png
