@@ -13,7 +13,7 @@ from wsss import __version__
 
 # command -> (the module whose `register(subparsers)` adds it, its one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("wsss.data.synthvoc", "datasets: generate SynthVOC"),
+    "data": ("wsss.data.synthvoc", "datasets: generate SynthVOC, image labels of real VOC"),
     "eval": ("wsss.metrics", "evaluate a folder of label maps against ground truth"),
     "pretrain": ("wsss.pretrain", "pretrain the small backbone on a generated SynthVOC corpus"),
     "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),

@@ -655,8 +655,12 @@ def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    data = subparsers.add_parser("data", help="datasets")
+    """`wsss data synth` here, and `wsss data voc-labels` from wsss.data.voc."""
+    from wsss.data.voc import add_voc_labels_command
+
+    data = subparsers.add_parser("data", help="datasets: generate SynthVOC, image labels of real VOC")
     data_sub = data.add_subparsers(dest="data_command", required=True)
+    add_voc_labels_command(data_sub)
     synth = data_sub.add_parser("synth", help="generate the SynthVOC dataset in PASCAL VOC 2012 layout")
     synth.add_argument("--preset", choices=list(PRESETS), default="quick")
     synth.add_argument("--out", type=Path, default=None,

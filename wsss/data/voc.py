@@ -6,8 +6,11 @@ nothing is silently skipped or guessed.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import warnings
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -17,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from wsss.data.transforms import resize_saliency
-from wsss.io import IGNORE_INDEX, DatasetError, load_label_dict, read_id_list
+from wsss.io import IGNORE_INDEX, DatasetError, atomic_path, load_label_dict, read_id_list
 
 VOC_CLASS_NAMES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -309,3 +312,69 @@ class VOCDataset(torch.utils.data.Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             sample = self.transform(sample, rng)
         return sample
+
+
+# ----------------------------------------------------------------------------------------------
+# Image labels from VOC itself: `wsss data voc-labels ROOT`
+
+_VOC_ID = re.compile(r"^\d{4}_\d{6}$")
+
+
+def labels_from_annotation(path: Path, class_names: Sequence[str]) -> np.ndarray:
+    """Multi-hot label of the objects an `Annotations/<id>.xml` names (every object, difficult ones
+    included, as IRNet's make_cls_labels reads them)."""
+    try:
+        names = [obj.findtext("name", "").strip() for obj in ET.parse(path).getroot().iter("object")]
+    except ET.ParseError as exc:
+        raise DatasetError(f"annotation {path} cannot be read: {exc}") from exc
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise DatasetError(f"annotation {path} names classes {unknown} that are not among the dataset's classes")
+    vec = np.zeros(len(class_names), dtype=np.float32)
+    vec[[class_names.index(n) for n in names]] = 1.0
+    return vec
+
+
+def image_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:
+    """{id: multi-hot label} for every id of every split list of a VOC-layout folder: from
+    `Annotations/<id>.xml` where present (VOC's object annotations), else from the id's
+    segmentation mask (SBD's `SegmentationClassAug`, or `SegmentationClass`)."""
+    layout = VOCLayout.discover(root)
+    names = layout.class_names()
+    ids = sorted({i for split in sorted(layout.list_dir.glob("*.txt")) for i in layout.split_ids(split.stem)})
+    labels = {}
+    for i in ids:
+        xml = layout.root / "Annotations" / f"{i}.xml"
+        if xml.is_file():
+            labels[i] = labels_from_annotation(xml, names)
+        elif layout.mask_dir is not None and (layout.mask_dir / f"{i}.png").is_file():
+            labels[i] = labels_from_mask(read_mask(layout.mask_dir / f"{i}.png"), len(names))
+        else:
+            raise DatasetError(f"image {i} (listed in {layout.list_dir}) has neither {xml} nor a mask to take its "
+                               "label from")
+    return labels
+
+
+def write_cls_labels(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """`cls_labels.npy` in IRNet's format ({int id: float32 multi-hot}, 2007_000032 -> 2007000032),
+    or with string keys (EPS's format) when an id is not VOC-shaped; returns its path."""
+    labels = image_labels(root)
+    voc_shaped = all(_VOC_ID.match(i) for i in labels)
+    table = {(int(i.replace("_", "")) if voc_shaped else i): v for i, v in labels.items()}
+    out = Path(out) if out else Path(root) / "cls_labels.npy"
+    with atomic_path(out, ".npy") as tmp:
+        np.save(tmp, table)  # a dict: np.save pickles it, as IRNet's script does; wsss reads it without pickle
+    return out
+
+
+def add_voc_labels_command(data_sub: argparse._SubParsersAction) -> None:
+    p = data_sub.add_parser("voc-labels", help="write cls_labels.npy (IRNet's format) from VOC's annotations or masks")
+    p.add_argument("root", type=Path, help="a VOC-layout folder, e.g. VOCdevkit/VOC2012")
+    p.add_argument("--out", type=Path, default=None, help="default: ROOT/cls_labels.npy")
+    p.set_defaults(func=_cmd_voc_labels)
+
+
+def _cmd_voc_labels(args: argparse.Namespace) -> int:
+    out = write_cls_labels(args.root, args.out)
+    print(f"wrote {out}")
+    return 0
