@@ -1,6 +1,8 @@
 """Backbones: each named architecture builds without weights and has the stage strides it reports."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,3 +54,23 @@ def test_small_backbone_loads_the_weights_of_an_earlier_run(tmp_path) -> None:
         build_backbone("small", pretrained=tmp_path / "model.pt", blocks=(2, 2, 2, 2))
     with pytest.raises(FileNotFoundError):
         build_backbone("small", pretrained=tmp_path / "missing.pt")
+
+
+def test_imagenet_weights_come_from_torchvisions_cache_without_a_download(tmp_path: Path, monkeypatch) -> None:
+    """`pretrained="imagenet"` reads torchvision's cache ($TORCH_HOME/hub/checkpoints) when the file is
+    there, so an offline machine needs only that file; the test writes one and checks it is used."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_weight("ResNet18_Weights.IMAGENET1K_V1").url
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference, cache / url.rsplit("/", 1)[1])
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    net = build_backbone("resnet18", "imagenet")
+    assert torch.equal(net.stages[0][0].conv1.weight, reference["layer1.0.conv1.weight"])
