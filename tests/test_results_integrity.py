@@ -196,6 +196,13 @@ def test_the_cli_prints_one_line_errors(capsys: pytest.CaptureFixture[str]) -> N
         cli(["--debug", "run", "01_cam_baseline", "-p", "epoch", "3"])
 
 
+def test_the_cli_lists_the_notebooks_and_their_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["notebooks", "02_eps"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "02_eps" and '    preset = "quick"  # SynthVOC preset: tiny, quick or full' in out
+    assert any(line.startswith("    taus = [0.2, 0.4, 0.6]") for line in out)
+
+
 def test_the_cli_help_lists_every_command_without_importing_torch() -> None:
     import subprocess
     import sys

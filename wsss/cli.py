@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("wsss.metrics", "evaluate a folder of label maps against ground truth"),
     "pretrain": ("wsss.pretrain", "pretrain the small backbone on a generated SynthVOC corpus"),
     "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),
+    "notebooks": ("wsss.runner", "list the notebooks and their parameters"),
     "demo": ("wsss.runner", "SynthVOC + every method notebook into reports/, then the summary table"),
 }
 

@@ -257,6 +257,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-k", "--kernel", default="python3")
     p.set_defaults(func=_cmd_run)
 
+    n = subparsers.add_parser("notebooks", help="list the notebooks and their parameters")
+    n.add_argument("names", nargs="*", help="only these notebooks")
+    n.set_defaults(func=_cmd_notebooks)
+
     d = subparsers.add_parser("demo", help="SynthVOC + every method notebook into reports/, then the summary table")
     d.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
     d.add_argument("--notebooks", nargs="*", default=None,
@@ -273,6 +277,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     params = {k: parse_value(v) for k, v in args.parameter}
     out = run_notebook(args.notebook, params, args.output_dir, args.kernel, output=args.output)
     print(f"wrote {portable(out)}")
+    return 0
+
+
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    import papermill
+
+    for path in sorted(notebooks_dir().glob("*.ipynb")):
+        if args.names and path.stem not in args.names:
+            continue
+        print(path.stem)
+        for name, info in papermill.inspect_notebook(str(path)).items():
+            print(f"    {name} = {info['default']}" + (f"  # {info['help']}" if info["help"] else ""))
     return 0
 
 
