@@ -9,7 +9,7 @@ import torch
 from wsss.models.backbones import build_backbone
 
 
-@pytest.mark.parametrize("name", ["small", "resnet18", "resnet50"])
+@pytest.mark.parametrize("name", ["small", "resnet18", "resnet50", "resnet18-os8", "resnet50-os8"])
 def test_backbone_stage_outputs_match_reported_channels_and_strides(name: str) -> None:
     net = build_backbone(name).eval()
     with torch.no_grad():
@@ -74,3 +74,13 @@ def test_imagenet_weights_come_from_torchvisions_cache_without_a_download(tmp_pa
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     net = build_backbone("resnet18", "imagenet")
     assert torch.equal(net.stages[0][0].conv1.weight, reference["layer1.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("name", ["resnet18-os8", "resnet50-os8"])
+def test_output_stride_8_keeps_the_resolution_of_the_last_two_stages(name: str) -> None:
+    net = build_backbone(name).eval()
+    assert net.strides == [4, 8, 8, 8] and net.output_stride == 8
+    with torch.no_grad():
+        assert net(torch.zeros(1, 3, 96, 128))[-1].shape[-2:] == (12, 16)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("resnet50-os4")

@@ -107,28 +107,30 @@ def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn
     return Backbone(stem, stages, list(widths), [4, 8, 8, 8])
 
 
-def _resnet(arch: str, strides: tuple[int, int, int, int], pretrained: str | os.PathLike | None,
-            freeze_bn: bool) -> Backbone:
-    """torchvision ResNet with IRNet's stage strides; strides (2,2,2,1) give output stride 16."""
+def _resnet(arch: str, output_stride: int, pretrained: str | os.PathLike | None, freeze_bn: bool) -> Backbone:
+    """torchvision ResNet with output stride 16 (IRNet's: the last stage keeps the resolution) or 8
+    (DeepLab's and SANCE's: the last two stages do)."""
     ctor: Callable[..., torchvision.models.ResNet] = getattr(torchvision.models, arch)
-    if strides[2] == 1:
-        raise ValueError("only the last ResNet stage can have stride 1 here")
+    if output_stride not in (8, 16):
+        raise ValueError(f"ResNet output stride must be 8 or 16, got {output_stride}")
     bottleneck = arch in ("resnet50", "resnet101")
-    # Stride 1 in the last stage: torchvision expresses it as dilation (replace_stride_with_dilation),
-    # which keeps the receptive field of the pretrained filters. Its BasicBlock (ResNet-18/34) cannot
-    # dilate, so there the first block of the last stage just loses its stride.
-    net = ctor(weights=None, replace_stride_with_dilation=[False, False, strides[3] == 1 and bottleneck])
-    if strides[3] == 1 and not bottleneck:
-        first = net.layer4[0]
-        first.conv1.stride = (1, 1)
-        first.downsample[0].stride = (1, 1)
+    kept = [False, output_stride == 8, True]  # which of stages 2-4 keep the resolution
+    # torchvision expresses a kept resolution as dilation (replace_stride_with_dilation), which keeps
+    # the receptive field of the pretrained filters. Its BasicBlock (ResNet-18/34) cannot dilate, so
+    # there the first block of such a stage just loses its stride.
+    net = ctor(weights=None, replace_stride_with_dilation=kept if bottleneck else [False, False, False])
+    if not bottleneck:
+        for stage, keep in zip((net.layer2, net.layer3, net.layer4), kept):
+            if keep:
+                stage[0].conv1.stride = (1, 1)
+                stage[0].downsample[0].stride = (1, 1)
     if pretrained is not None:
         load_pretrained(net, arch, pretrained)
     stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
     expansion = 4 if bottleneck else 1
     channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
-    out_strides = [4, 8, 16, 16 if strides[3] == 1 else 32]
+    out_strides = [4, 8, output_stride, output_stride]
     return Backbone(stem, stages, channels, out_strides, frozen_bn=freeze_bn)
 
 
@@ -217,10 +219,12 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
             load_small_weights(net, path)
         return net
     pretrained = None if pretrained == "scratch" else pretrained
-    if name in _WEIGHT_ENUMS:
+    arch, _, suffix = name.partition("-")
+    if arch in _WEIGHT_ENUMS and suffix in ("", "os8"):
         freeze_bn = bool(kwargs.get("freeze_bn", pretrained is not None))
-        return _resnet(name, (2, 2, 2, 1), pretrained, freeze_bn)
+        return _resnet(arch, 8 if suffix == "os8" else 16, pretrained, freeze_bn)
     raise ValueError(f"unknown backbone {name!r}; available: {BACKBONES}")
 
 
-BACKBONES = ("small", *_WEIGHT_ENUMS)
+# "-os8": output stride 8 (the last two stages dilated), as DeepLab's and SANCE's networks use.
+BACKBONES = ("small", *_WEIGHT_ENUMS, *(f"{arch}-os8" for arch in _WEIGHT_ENUMS))
