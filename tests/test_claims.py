@@ -1,0 +1,42 @@
+"""Claims as paired differences over seeds: the interval, the verdict, and a study end to end."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from wsss.claims import CLAIMS, measure_claim, paired_interval, verdict, write_claims
+from wsss.methods.base import available_methods
+
+
+def test_the_paired_interval_is_students_t() -> None:
+    mean, low, high = paired_interval([0.01, 0.02, 0.03])
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert mean == pytest.approx(0.02) and low == pytest.approx(0.02 - half) and high == pytest.approx(0.02 + half)
+    assert paired_interval([0.5])[1:] == (-math.inf, math.inf)  # one seed decides nothing
+
+
+@pytest.mark.parametrize("low, high, higher, expected", [
+    (0.1, 0.3, True, "reproduced"), (-0.3, -0.1, True, "contradicted"), (-0.1, 0.2, True, "inconclusive"),
+    (-0.3, -0.1, False, "reproduced"), (0.1, 0.3, False, "contradicted"), (-math.inf, math.inf, False, "inconclusive")])
+def test_the_verdict_follows_the_claimed_direction(low: float, high: float, higher: bool, expected: str) -> None:
+    assert verdict(low, high, higher) == expected
+
+
+def test_every_claim_names_registered_methods() -> None:
+    known = set(available_methods())
+    assert all({c.method.method, c.baseline.method} <= known for c in CLAIMS)
+    assert len({c.key for c in CLAIMS}) == len(CLAIMS)
+
+
+@pytest.mark.slow
+def test_a_claim_is_measured_over_seeds_and_written(tiny_root: Path, tmp_path: Path) -> None:
+    claim = next(c for c in CLAIMS if c.key == "eps_context")
+    row = measure_claim(claim, "tiny", [0, 1], run_root=str(tmp_path / "runs"), max_steps=2, log=lambda _: None)
+    assert row["seeds"] == 2 and row["ci_low"] <= row["diff_mean"] <= row["ci_high"]
+    assert row["diff_mean"] == pytest.approx(row["method_mean"] - row["baseline_mean"])
+    assert row["verdict"] in ("reproduced", "contradicted", "inconclusive")
+    md = write_claims([row], tmp_path).read_text()
+    assert "| EPS | saliency removes co-occurring context | context_fp_rate (lower is better) |" in md
+    assert (tmp_path / "claims.csv").is_file()

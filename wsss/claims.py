@@ -1,0 +1,188 @@
+"""Each paper's claim measured as a paired difference over seeds (`wsss study`).
+
+A claim names a metric, the method's run and the baseline's, and the direction the paper says
+the method moves the metric. For every seed both runs are trained (or found: runs are cached by
+config, so a rerun only adds what is missing) with the same preset and schedule; the seed changes
+the new layers' initialisation, the data order and the augmentation, not the pretrained start.
+The per-seed differences (method - baseline) give a mean and a two-sided 95% t-interval; the
+verdict is *reproduced* when the interval lies on the claimed side of 0, *contradicted* when it
+lies on the other, *inconclusive* otherwise (always with one seed).
+
+Scores are those the notebooks report: class maps on val at the best background threshold of the
+val sweep (an oracle choice, to be replaced by a threshold chosen on train), final pseudo masks
+on train or val, contour scores at scale 1 with flips.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from wsss.io import write_text
+from wsss.paths import reports_dir
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One side of a claim: a method with options, scored at `stage`."""
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    stage: str = "cam"  # cam | masks_val | pseudo_train | contours
+
+    def label(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.method}({opts})" if opts else self.method
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    paper: str
+    text: str
+    metric: str
+    higher_is_better: bool
+    method: Arm
+    baseline: Arm
+    paper_evidence: str  # what the paper prints for it on VOC
+
+
+def _pseudo_beats_cam(method: str, paper: str, evidence: str) -> Claim:
+    return Claim(f"{method}_pseudo", paper, "its pseudo masks beat the CAM's", "miou", True,
+                 Arm(method, stage="pseudo_train"), Arm("cam", stage="pseudo_train"), evidence)
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("eps_context", "EPS", "saliency removes co-occurring context", "context_fp_rate", False,
+          Arm("eps"), Arm("cam"), "Table 4: pseudo masks 69.4 vs CAM 48.0 mIoU (train)"),
+    Claim("vwl_parts", "VWL", "visual words raise recall of part-defined classes", "part_recall", True,
+          Arm("vwl"), Arm("cam"), "Table 1: CAM 52.9 vs 48.3 mIoU (train)"),
+    Claim("sance_contours", "SANCE", "fewer contours inside objects", "share_inside", False,
+          Arm("sance", stage="contours"), Arm("irn_contour", stage="contours"),
+          "Table 1: pseudo labels 76.9 vs IRNet 66.6 mIoU (train)"),
+    Claim("rcm_precision", "RCM + MAM", "RCM raises precision", "fg_precision", True,
+          Arm("rcm_mam", {"mam": False}), Arm("cam"), "Table 2: RCM raises precision over the baseline"),
+    Claim("mam_recall", "RCM + MAM", "MAM raises recall", "fg_recall", True,
+          Arm("rcm_mam", {"rcm": False}), Arm("cam"), "Table 2: MAM raises recall over the baseline"),
+    Claim("shape_cues_boundary", "shape cues", "SCM and SPR raise boundary quality", "boundary_iou", True,
+          Arm("shape_cues", stage="masks_val"), Arm("shape_cues", {"scm": False, "spr": False}, stage="masks_val"),
+          "Table 5: 68.9 vs 42.7 mIoU (#4 vs baseline)"),
+    _pseudo_beats_cam("eps", "EPS", "Table 4: 69.4 vs 48.0 mIoU"),
+    _pseudo_beats_cam("vwl", "VWL", "Table 2: + IRNet 67.7 vs 66.5"),
+    _pseudo_beats_cam("sance", "SANCE", "Table 1: 76.9 vs IRNet's 66.6"),
+    _pseudo_beats_cam("rcm_mam", "RCM + MAM", "Sec. 4.4: 71.0 with the random walk"),
+    _pseudo_beats_cam("shape_cues", "shape cues", "Table 5: 68.9 (train)"),
+)
+
+
+def paired_interval(diffs: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the two-sided t-interval of the mean of `diffs`; (mean, -inf, inf)
+    with fewer than two values."""
+    from scipy import stats
+
+    n = len(diffs)
+    if n == 0:
+        raise ValueError("no differences to summarize")
+    mean = sum(diffs) / n
+    if n < 2:
+        return mean, -math.inf, math.inf
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def verdict(low: float, high: float, higher_is_better: bool) -> str:
+    if (low > 0 and higher_is_better) or (high < 0 and not higher_is_better):
+        return "reproduced"
+    if (high < 0 and higher_is_better) or (low > 0 and not higher_is_better):
+        return "contradicted"
+    return "inconclusive"
+
+
+def _score(run: Any, stage: str) -> dict[str, Any]:
+    if stage == "cam":
+        return run.evaluate()
+    if stage == "masks_val":
+        split = run.config.eval_split
+        return run.evaluate_masks(run.final_pseudo_masks(split), split)
+    if stage == "pseudo_train":
+        split = run.config.train_split
+        return run.evaluate_masks(run.final_pseudo_masks(split), split)
+    if stage == "contours":
+        from wsss.analysis.contours import contour_scores
+
+        return contour_scores(run)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: bool = False,
+                  log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
+    """The claim's row: per-seed values of both arms, the paired mean and 95% interval, the verdict.
+    `settings` go to every run (e.g. run_root, data_root, max_steps); the baseline trains on the
+    method run's schedule."""
+    from wsss.experiment import experiment_factory
+
+    method_vals, base_vals = [], []
+    for seed in seeds:
+        make = experiment_factory(preset, progress=progress, seed=seed, **settings)
+        t = time.perf_counter()
+        run = make(claim.method.method, **claim.method.options)
+        base = make(claim.baseline.method, epochs=run.config.train.epochs, **claim.baseline.options)
+        method_vals.append(float(_score(run, claim.method.stage)[claim.metric]))
+        base_vals.append(float(_score(base, claim.baseline.stage)[claim.metric]))
+        log(f"[study] {claim.key} seed {seed}: {claim.metric} {method_vals[-1]:.4f} vs {base_vals[-1]:.4f} "
+            f"({time.perf_counter() - t:.0f} s)")
+    mean, low, high = paired_interval([m - b for m, b in zip(method_vals, base_vals)])
+    return {"claim": claim.key, "paper": claim.paper, "text": claim.text, "metric": claim.metric,
+            "better": "higher" if claim.higher_is_better else "lower", "method": claim.method.label(),
+            "baseline": claim.baseline.label(), "paper_evidence": claim.paper_evidence, "seeds": len(seeds),
+            "method_mean": sum(method_vals) / len(method_vals), "baseline_mean": sum(base_vals) / len(base_vals),
+            "diff_mean": mean, "ci_low": low, "ci_high": high,
+            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset}
+
+
+def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| paper | claim | metric | paper's VOC evidence | method | baseline | difference (95% CI), points | "
+             "seeds | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = ("n/a" if math.isinf(r["ci_low"]) else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]")
+        lines.append(f"| {r['paper']} | {r['text']} | {r['metric']} ({r['better']} is better) | "
+                     f"{r['paper_evidence']} | {100 * r['method_mean']:.1f} | {100 * r['baseline_mean']:.1f} | "
+                     f"{100 * r['diff_mean']:+.2f} {ci} | {r['seeds']} | {r['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(rows: Sequence[dict[str, Any]], folder: str | Path | None = None) -> Path:
+    """reports/claims.csv (every column) and reports/claims.md; returns the Markdown file."""
+    folder = Path(folder) if folder else reports_dir()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(folder / "claims.csv", buf.getvalue())
+    write_text(folder / "claims.md", claims_markdown(rows))
+    return folder / "claims.md"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("study", help="every paper's claim over seeds: paired difference, 95% CI, verdict")
+    p.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--claims", nargs="*", default=None, choices=[c.key for c in CLAIMS],
+                   help="a subset of the claims (default: all)")
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
+    chosen = [c for c in CLAIMS if args.claims is None or c.key in args.claims]
+    rows = [measure_claim(c, args.preset, range(args.seeds)) for c in chosen]
+    print(claims_markdown(rows))
+    print(f"wrote {write_claims(rows)}")
+    return 0
