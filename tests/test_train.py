@@ -240,7 +240,9 @@ def test_interrupts_stop_between_steps_and_resume_bit_identically(tiny_root: Pat
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the SIGINT handler was not restored"
     # Then SIGTERMs from a timer thread at random moments (the benchmark's function, fewer of them).
     stopped_at = train_interrupted(tiny_root, run, cfg, [random.uniform(0.0, 0.04) for _ in range(2)])
-    assert stopped_at and all(8 <= s < 18 for s in stopped_at)
+    # A signal may land after the last update too (while the model is saved): that piece stops at step 18
+    # with a checkpoint, and the resume only writes the model.
+    assert stopped_at and all(8 <= s <= 18 for s in stopped_at)
     assert differing(tmp_path / "reference", run) == [], "the resumed run's weights differ from the uninterrupted one's"
     assert [r["step"] for r in read_log(run / LOG)] == list(range(1, 19))
 

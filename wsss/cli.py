@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("wsss.pretrain", "pretrain the small backbone on a generated SynthVOC corpus"),
     "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),
     "notebooks": ("wsss.runner", "list the notebooks and their parameters"),
-    "study": ("wsss.claims", "every paper's claim over seeds: paired difference, 95% CI, verdict"),
+    "study": ("wsss.claims", "every paper's claim over seeds: paired difference, 95%% CI, verdict"),
     "demo": ("wsss.runner", "SynthVOC + every method notebook into reports/, then the summary table"),
 }
 
