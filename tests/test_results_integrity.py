@@ -219,6 +219,8 @@ def test_a_failed_run_keeps_the_last_good_notebook(tiny_root: Path, tmp_path: Pa
     good = tmp_path / "00_dataset__preset-tiny.ipynb"
     run_notebook("00_dataset", {"preset": "tiny"}, output_dir=tmp_path, progress=False)
     before = good.read_bytes()
+    recorded = nbformat.read(good, as_version=4).metadata.papermill
+    assert (recorded.input_path, recorded.output_path) == ("notebooks/00_dataset.ipynb", str(good))  # not the temp name
     with pytest.raises(NotebookFailed, match=r"unknown preset 'tinyy'.*00_dataset__preset-tiny.failed.ipynb"):
         run_notebook("00_dataset", {"preset": "tinyy"}, output_dir=tmp_path, progress=False,
                      output=good.name)

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from wsss.paths import portable
+
 try:  # numpy >= 2 pickles name numpy._core; numpy 1.x files name numpy.core (same functions)
     from numpy._core import multiarray as _multiarray
 except ImportError:  # pragma: no cover - numpy 1.x
@@ -261,7 +263,7 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(f"[wsss] waiting: another process is busy with {what} ({lock_file.parent})", flush=True)
+            print(f"[wsss] waiting: another process is busy with {what} ({portable(lock_file.parent)})", flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

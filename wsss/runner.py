@@ -139,9 +139,21 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    record_portable_paths(Path(tmp), source, target)
     os.chmod(tmp, 0o644)
     os.replace(tmp, target)
     return target
+
+
+def record_portable_paths(executed: Path, source: Path, target: Path) -> None:
+    """Papermill records the absolute input path and the temporary output path; the saved notebook
+    names the project-relative source and its final name instead, the same on every machine."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    meta = nb.metadata.setdefault("papermill", {})
+    meta["input_path"], meta["output_path"] = portable(source), portable(target)
+    nbformat.write(nb, executed)
 
 
 @contextmanager

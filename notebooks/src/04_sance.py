@@ -184,7 +184,7 @@ rows = [report.make_row(scores, variant=variant, stage=stage, part_classes=part,
         for variant, stage, scores, run in table1]
 if main_run:
     rows[-1].update(train_s=results["SANCE (main)"].seconds, images_per_s=results["SANCE (main)"].images_per_s)
-report.record([r for r in rows if r["method"] != "cam"])
+report.record([r for r in rows if r["method"] != "cam"]);
 
 # %% [markdown]
 # ## Table 2: contours

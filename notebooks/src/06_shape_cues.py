@@ -116,7 +116,7 @@ if crf:
 rows += [report.make_row(exp.evaluate(), variant="shape cues class maps", stage="cam", **classes),
          report.make_row(decoder_scores, variant="shape cues decoder", stage="pseudo", train_s=result.seconds,
                          images_per_s=result.images_per_s, **classes)]
-report.record([r for r in rows if r["method"] == "shape_cues"])
+report.record([r for r in rows if r["method"] == "shape_cues"]);
 
 # %%
 # NBVAL_CHECK_OUTPUT
