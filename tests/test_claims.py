@@ -40,3 +40,13 @@ def test_a_claim_is_measured_over_seeds_and_written(tiny_root: Path, tmp_path: P
     md = write_claims([row], tmp_path).read_text()
     assert "| EPS | saliency removes co-occurring context | context_fp_rate (lower is better) |" in md
     assert (tmp_path / "claims.csv").is_file()
+
+
+@pytest.mark.slow
+def test_every_claim_yields_its_metric(tiny_root: Path, tmp_path: Path) -> None:
+    """Each claim's two arms train and score at tiny (one step), and both carry the claim's metric."""
+    rows = [measure_claim(c, "tiny", [0], run_root=str(tmp_path / "runs"), max_steps=1, log=lambda _: None)
+            for c in CLAIMS]
+    for claim, row in zip(CLAIMS, rows):
+        assert math.isfinite(row["method_mean"]) and math.isfinite(row["baseline_mean"]), claim.key
+        assert row["verdict"] == "inconclusive", claim.key  # one seed decides nothing

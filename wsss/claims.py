@@ -105,19 +105,24 @@ def verdict(low: float, high: float, higher_is_better: bool) -> str:
 
 
 def _score(run: Any, stage: str) -> dict[str, Any]:
-    if stage == "cam":
-        return run.evaluate()
-    if stage == "masks_val":
-        split = run.config.eval_split
-        return run.evaluate_masks(run.final_pseudo_masks(split), split)
-    if stage == "pseudo_train":
-        split = run.config.train_split
-        return run.evaluate_masks(run.final_pseudo_masks(split), split)
+    """The run's scores at `stage`, with the phenomenon columns (part-defined and context recall)
+    that the notebooks' rows carry."""
+    from wsss.report import make_row
+
     if stage == "contours":
         from wsss.analysis.contours import contour_scores
 
         return contour_scores(run)
-    raise ValueError(f"unknown stage {stage!r}")
+    if stage == "cam":
+        scores = run.evaluate()
+    elif stage in ("masks_val", "pseudo_train"):
+        split = run.config.eval_split if stage == "masks_val" else run.config.train_split
+        scores = run.evaluate_masks(run.final_pseudo_masks(split), split)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    phenomena = run.phenomena()
+    return {**scores, **make_row(scores, part_classes=phenomena.get("part_defined", []),
+                                 context_classes=list(phenomena.get("context", {})))}
 
 
 def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: bool = False,
