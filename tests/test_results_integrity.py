@@ -240,3 +240,24 @@ def test_a_seed_loop_keeps_a_row_and_a_notebook_per_seed(tiny_root: Path, tmp_pa
         "01_cam_baseline__crf-False__preset-tiny__seed-1.ipynb", "01_cam_baseline__crf-False__preset-tiny__seed-2.ipynb"]
     rows = read_rows(reports / "metrics.csv")
     assert sorted(r["seed"] for r in rows) == ["1", "2"] and len({r["config_hash"] for r in rows}) == 2
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_other_training_masks_is_never_served(tiny_root: Path, tmp_path: Path) -> None:
+    """SANCE learns from CAM seeds made with a threshold chosen on train: when the seeds change (another
+    rule, another CAM), the run's model is stale; it is refused with the reason, and not deleted."""
+    from wsss.experiment import TRAINING_INPUTS, StaleRunError, experiment_factory
+
+    make = experiment_factory("tiny", progress=False, run_root=str(tmp_path), max_steps=1)
+    run = make("sance")
+    run.trained_method()
+    seeds = run.method.training_masks(run, run.config.train_split)["seed"]
+    assert json.loads((run.run_dir / TRAINING_INPUTS).read_text())["seed"]
+    make("sance").class_maps()  # unchanged seeds: served
+    first = sorted(seeds.glob("*.png"))[0]
+    first.write_bytes(sorted(seeds.glob("*.png"))[1].read_bytes())  # one image's seeds changed
+    with pytest.raises(StaleRunError, match="other training masks"):
+        make("sance").trained_method()
+    with pytest.raises(StaleRunError):
+        make("sance").class_maps()
+    assert (run.run_dir / "model.pt").is_file()

@@ -123,3 +123,22 @@ def test_voc_recipe_and_threshold_parsing() -> None:
         SegConfig.for_preset("tiny", bogus=1)
     assert threshold_of_masks("runs/x/pseudo_masks/train_thr0.30_crf") == 0.30
     assert threshold_of_masks("runs/x/sance_pseudo/train") is None
+
+
+def test_the_deeplabv3plus_decoder_draws_at_the_skips_resolution() -> None:
+    """The default SynthVOC network refines the stride-8 ASPP output with the stride-4 features, so a
+    change in one stride-4 cell of the skip moves the scores there and nowhere far from it."""
+    torch.manual_seed(0)
+    plus = SegmentationNet(3, "small_deeplabv3plus").eval()
+    images = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        features = plus.backbone(images)
+        head_out = plus.head(features[0], features[-1])
+        low = features[0].clone()
+        low[..., 5, 7] += 10.0  # one stride-4 cell of the skip
+        moved = plus.head(low, features[-1]) - head_out
+        out = plus.class_maps(images)
+    assert head_out.shape[-2:] == features[0].shape[-2:] == (16, 12)
+    assert out.shape == (2, 4, 64, 48) and torch.allclose(out.sum(1), torch.ones(2, 64, 48), atol=1e-5)
+    assert moved[..., 5, 7].abs().max() > 0 and moved[..., 0, 0].abs().max() == 0  # local, at stride 4
+    assert SegConfig.for_preset("quick").model == "small_deeplabv3plus"

@@ -8,9 +8,8 @@ The per-seed differences (method - baseline) give a mean and a two-sided 95% t-i
 verdict is *reproduced* when the interval lies on the claimed side of 0, *contradicted* when it
 lies on the other, *inconclusive* otherwise (always with one seed).
 
-Scores are those the notebooks report: class maps on val at the best background threshold of the
-val sweep (an oracle choice, to be replaced by a threshold chosen on train), final pseudo masks
-on train or val, contour scores at scale 1 with flips.
+Scores are those the notebooks report: class maps on val at the background threshold chosen on
+the train split, final pseudo masks on train or val, contour scores at scale 1 with flips.
 """
 from __future__ import annotations
 

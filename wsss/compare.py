@@ -57,7 +57,7 @@ def pseudo_mask_scores(exp: Experiment, split: str = "train") -> dict[str, Any]:
 
 
 def method_rows(exp: Experiment, part_classes: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Report rows of one method's main run: "cam" (val, best threshold, when it has class maps) and
+    """Report rows of one method's main run: "cam" (val, threshold chosen on train, when it has class maps) and
     "pseudo" (train split), with training time and images/s; contour F where the method has one."""
     name = exp.config.method
     t = time.perf_counter()

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-from wsss.cache import cached_folder, cached_json, code_fingerprint, code_version, digest, files_fingerprint
+from wsss.cache import (cached_folder, cached_json, code_fingerprint, code_version, contents_fingerprint, digest,
+                        files_fingerprint)
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
@@ -44,6 +45,12 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 SYNTHVOC_PRESETS = ("tiny", "quick", "full")
+
+TRAINING_INPUTS = "training_inputs.json"  # in a run folder: digests of the training masks it learned from
+
+
+class StaleRunError(RuntimeError):
+    """A run folder's model was trained on inputs that have changed since."""
 
 # Where the small backbone starts on each SynthVOC preset: the weights `wsss pretrain` made on a
 # generated corpus (the papers' ImageNet start); tiny stays random so tests need no file.
@@ -170,6 +177,7 @@ class Experiment:
         self._method: WSSSMethod | None = None
         self._datasets: dict[tuple[str, bool], VOCDataset] = {}
         self._data_keys: dict[str, dict[str, str]] = {}
+        self._inputs_checked = False
 
     def _refuse_changed_config(self) -> None:
         """A run folder holds the model of one config: a named run whose config changed must not
@@ -249,15 +257,47 @@ class Experiment:
     def train(self, resume: bool = True) -> TrainResult:
         ds = self.dataset(self.config.train_split, train=True)
         m = self.method
+        if (self.run_dir / "checkpoint.pt").is_file() and resume:
+            self._refuse_changed_training_inputs()
+        else:
+            self._write_training_inputs()
         if m.backbone_init == "cam" and not bool(m.initialized):  # a resumed run's checkpoint then replaces it
             m.start_backbone_from(self.cam_run().trained_method())
         cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
         return train(self.method, ds, cfg, self.run_dir, resume=resume)
 
+    def _training_inputs(self) -> dict[str, str]:
+        """Content digests of the method's training masks (SANCE's CAM seeds): its model depends on
+        them as much as on its config, and they come from earlier runs and settings chosen on train."""
+        folders = self.method.training_masks(self, self.config.train_split)
+        return {name: contents_fingerprint(folder) for name, folder in sorted(folders.items())}
+
+    def _write_training_inputs(self) -> None:
+        inputs = self._training_inputs()
+        if inputs:
+            write_json(self.run_dir / TRAINING_INPUTS, inputs)
+        self._inputs_checked = True
+
+    def _refuse_changed_training_inputs(self) -> None:
+        """A model trained on other training masks than the current ones is stale; it is never
+        served, and never deleted: the error says what changed."""
+        if self._inputs_checked:
+            return
+        inputs = self._training_inputs()
+        record = self.run_dir / TRAINING_INPUTS
+        stored = json.loads(record.read_text()) if record.is_file() else None
+        if inputs and stored != inputs:
+            raise StaleRunError(
+                f"run {portable(self.run_dir)} was trained on other training masks ({stored or 'not recorded'}) "
+                f"than the current ones ({inputs}), e.g. made with another seed threshold; delete the folder "
+                "to retrain")
+        self._inputs_checked = True
+
     def trained_method(self) -> WSSSMethod:
         """The trained model, in eval mode on the experiment's device (trains first if needed)."""
         if not (self.run_dir / "model.pt").is_file():
             self.train()
+        self._refuse_changed_training_inputs()
         m = load_model(self.method, self.run_dir).to(self.device)
         return m.eval()
 
@@ -281,6 +321,8 @@ class Experiment:
         model_dir = model_dir or self.run_dir
         if model_dir == self.run_dir and not (self.run_dir / "model.pt").is_file():
             self.train()
+        if model_dir == self.run_dir:
+            self._refuse_changed_training_inputs()
         return {"stage": stage, "split": split, "data": self.data_key(split),
                 "model": files_fingerprint([model_dir / "model.pt"]), "code": code_fingerprint(),
                 **json.loads(json.dumps(settings, default=str))}
@@ -303,23 +345,33 @@ class Experiment:
             self.class_maps(split), self.dataset(split), self.config.thresholds, progress=self.progress))["result"]
 
     def best_threshold(self, split: str | None = None) -> float:
-        return self.sweep(split)["best_threshold"]
+        """The background threshold with the best mIoU on `split` (default: the train split, where
+        every setting that needs ground truth is chosen; on the reported split it is an oracle)."""
+        return self.sweep(split or self.config.train_split)["best_threshold"]
 
     def evaluate(self, split: str | None = None, bg_threshold: float | None = None, crf: bool = False) -> dict[str, Any]:
-        """Scores of the thresholded class maps (best threshold of the sweep by default)."""
+        """Scores of the thresholded class maps, at the threshold chosen on the train split by default.
+        Without CRF the scores also carry `oracle_miou` / `oracle_threshold`: the best of `split`'s own
+        sweep, a number no method could report honestly, shown only beside the real one."""
         split = split or self.config.eval_split
-        thr = self.best_threshold(split) if bg_threshold is None else bg_threshold
+        thr = self.best_threshold() if bg_threshold is None else bg_threshold
         crf_params = self.config.crf if crf else None
         key = {"stage": "evaluate", "class_maps": digest(self.class_maps_key(split)), "bg_threshold": thr,
                "crf": asdict(crf_params) if crf_params else None}
         record = cached_json(self.run_dir / f"eval_{split}_thr{thr:.2f}{'_crf' if crf else ''}.json", key,
                              lambda: evaluate_cams(self.class_maps(split), self.dataset(split), thr, crf_params,
                                                    progress=self.progress))
-        return {**record["result"], **self.provenance(split, thr, crf), "code_version": record["code_version"]}
+        oracle = {}
+        if not crf and split != self.config.train_split:
+            sweep = self.sweep(split)
+            best = sweep["thresholds"].index(sweep["best_threshold"])
+            oracle = {"oracle_miou": sweep["miou"][best], "oracle_threshold": sweep["best_threshold"]}
+        return {**record["result"], **self.provenance(split, thr, crf), "code_version": record["code_version"],
+                **oracle}
 
     def pseudo_masks(self, split: str | None = None, bg_threshold: float | None = None, crf: bool = False) -> Path:
         split = split or self.config.train_split
-        thr = self.best_threshold(self.config.eval_split) if bg_threshold is None else bg_threshold
+        thr = self.best_threshold() if bg_threshold is None else bg_threshold
         crf_params = self.config.crf if crf else None
         key = {"stage": "pseudo_masks", "class_maps": digest(self.class_maps_key(split)), "bg_threshold": thr,
                "crf": asdict(crf_params) if crf_params else None}

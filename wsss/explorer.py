@@ -89,7 +89,8 @@ class CAMExplorer:
         return self._datasets[run]
 
     def _best_threshold(self, run: Path) -> float:
-        sweep = stored_result(run / f"sweep_{self.split}.json")
+        """The run's threshold chosen on train (its train sweep), else its sweep of the split shown."""
+        sweep = stored_result(run / "sweep_train.json") or stored_result(run / f"sweep_{self.split}.json")
         return float(sweep["best_threshold"]) if sweep else 0.3
 
     def _select_run(self) -> None:

@@ -3,7 +3,7 @@
 #
 # Li, Fan and Zhang (CVPR 2022) start where IRNet does: CAM seeds (Eq. 1: class where the
 # normalized CAM exceeds 0.30, background below 0.05, unsure between, refined by a dense CRF;
-# here the thresholds follow the CAM run's best background threshold t*: t* + 0.15 and t* / 3,
+# here the thresholds follow the CAM run's background threshold t* (chosen on train): t* + 0.15 and t* / 3,
 # which is 0.30 / 0.05 at IRNet's VOC t* = 0.15 and 0.60 / 0.15 on SynthVOC quick)
 # supervise a contour branch through inter-pixel affinities (Eqs. 2-4: `a_ij = (1 - max B on the
 # path)^n` within a radius, class-balanced loss). Such contours also fire *inside* objects (part
@@ -110,7 +110,7 @@ viz.save_figure(viz.titled_grid(grid), "04_sance_contours");
 #
 # The baseline propagates the CAM with its single-scale contours (IRNet); SANCE propagates its
 # segmentation map with its contours, averaged over scales and flips (TTA). Background scores are
-# the best of the validation sweep, as for the CAM rows.
+# chosen on the train split, as for the CAM rows; `oracle mIoU` is val's own best, for reference.
 
 # %%
 maps = {"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_source("cam", size)),

@@ -5,7 +5,7 @@
 # run (method), an image and a class, move the background threshold, switch the dense CRF on, and
 # watch the pseudo mask and the image's mIoU change. Runs appear here once a method notebook (or
 # `Experiment.class_maps`) has written their class maps; with none yet, the CAM baseline of
-# `preset` is made first. The threshold starts at each run's best one (its val sweep).
+# `preset` is made first. The threshold starts at each run's chosen one (its train sweep).
 
 # %% tags=["parameters"]
 preset = "quick"  # used only when no run has class maps yet: the CAM baseline of this preset

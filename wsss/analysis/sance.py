@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 
 
 def pseudo_label_scores(experiment: RunView, params: PseudoLabelParams, split: str | None = None) -> dict[str, Any]:
-    """Scores (with provenance) of the propagated pseudo labels of `split` made with `params`."""
+    """Scores (with provenance) of the propagated pseudo labels of `split` made with `params`, at the
+    threshold chosen on the train split; `oracle_miou` is the best of `split`'s own sweep."""
     split = split or experiment.config.eval_split
     thr = propagation_sweep(experiment, params)["best_threshold"]
     scores = experiment.evaluate_masks(propagated_pseudo_labels(experiment, split, params), split)
-    return {**scores, **experiment.provenance(split, thr, False)}
+    oracle = propagation_sweep(experiment, params, split)
+    best = oracle["thresholds"].index(oracle["best_threshold"])
+    return {**scores, **experiment.provenance(split, thr, False), "oracle_miou": oracle["miou"][best],
+            "oracle_threshold": oracle["best_threshold"]}
 
 
 @torch.no_grad()

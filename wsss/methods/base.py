@@ -117,7 +117,7 @@ class WSSSMethod(nn.Module):
     def pseudo_labels(self, experiment: RunView, split: str) -> Path | None:
         """Final pseudo masks of `split` as a folder of label PNGs, for methods whose paper refines
         class maps its own way (random walk, SPR, a decoder's output). None: the shared path,
-        thresholded class maps at the best background threshold of the sweep."""
+        thresholded class maps at the background threshold chosen on the train split."""
         return None
 
     def training_masks(self, experiment: RunView, split: str) -> dict[str, Path]:

@@ -24,11 +24,10 @@ branch and the shared backbone), which is how the segmentation branch hands sema
 contours "through shared backbones". `detach_contour=False` lets the contour loss fine-tune the
 backbone as well (notebook 04 reports that contour-only variant beside the baseline).
 
-Seed thresholds follow the CAM run's best background threshold unless given (`seed_thresholds`).
+Seed thresholds follow the CAM run's background threshold (chosen on train) unless given (`seed_thresholds`).
 Final pseudo labels (Sec. 3.3, `wsss.stages.propagation`) propagate the segmentation map (SANCE)
 or the CAM (baseline) with the test-time-augmented contour map; the constant background score is
-chosen by the same validation sweep the CAM baseline uses, so every row is compared at its best
-threshold. Images below 320 px get a walk sized to their maps (`PseudoLabelParams.for_source`).
+chosen on the train split as the CAM baseline's is, so no row uses the labels of the split it reports. Images below 320 px get a walk sized to their maps (`PseudoLabelParams.for_source`).
 
 Walk steps: final pseudo labels use IRNet's convention (t=8 matrix squarings = 256 steps); online
 labels take Eq. 6's t literally (8 iterations) because they run at every training step, where 256
@@ -175,7 +174,7 @@ class _ContourMethod(WSSSMethod):
 
     def seed_thresholds(self, cam_exp: RunView) -> tuple[float, float]:
         """(fg, bg) of Eq. 1. Unset ones follow the CAM run's best background threshold t* (its
-        validation sweep): fg = t* + 0.15, bg = t* / 3. At IRNet's VOC t* = 0.15 that is the paper's
+        sweep on the train split, never on the reported one): fg = t* + 0.15, bg = t* / 3. At IRNet's VOC t* = 0.15 that is the paper's
         0.30 / 0.05; SynthVOC's CAMs are broader (t* = 0.45), where 0.30 / 0.05 marks 36% of the
         labelled background as foreground (train split, after the seed CRF) and t*-relative seeds 4%."""
         if self.seed_fg is not None and self.seed_bg is not None:

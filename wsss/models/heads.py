@@ -5,7 +5,9 @@ parameter names in saved models stay the same).
   convolutions (SANCE's segmentation branch).
 - `DeepLabV3ASPP`: DeepLab v3's ASPP with GroupNorm, for batches of a few small crops (shape cues'
   single-stage network); `conv_gn_relu` is its building block.
-- `deeplabv3_head`: torchvision's DeepLab v3 head (BatchNorm) at a chosen width (the final stage).
+- `deeplabv3_head`: torchvision's DeepLab v3 head (BatchNorm) at a chosen width.
+- `DeepLabV3PlusHead`: DeepLab v3+'s decoder, the ASPP output refined at stride 4 with a low-level
+  skip (the final stage: shapes are drawn at the skip's resolution, not the ASPP's).
 """
 from __future__ import annotations
 
@@ -55,3 +57,27 @@ def deeplabv3_head(in_channels: int, out_classes: int, rates: Sequence[int], wid
     """torchvision's DeepLabHead with a chosen width (its own is fixed at 256 channels)."""
     return nn.Sequential(ASPP(in_channels, list(rates), width), nn.Conv2d(width, width, 3, padding=1, bias=False),
                          nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Conv2d(width, out_classes, 1))
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLab v3+ (Chen et al., 2018): ASPP on the deepest features, upsampled to the grid of the
+    low-level features, concatenated with their 1x1 projection, two 3x3 convolutions, a classifier.
+
+    The paper projects the stride-4 features to 48 of 256 decoder channels; `low_width` keeps that
+    ratio at a smaller `width`."""
+
+    def __init__(self, high_channels: int, low_channels: int, out_classes: int, rates: Sequence[int],
+                 width: int = 128, low_width: int = 24) -> None:
+        super().__init__()
+        self.aspp = ASPP(high_channels, list(rates), width)
+        self.low = _conv_bn_relu(low_channels, low_width, 1)
+        self.fuse = nn.Sequential(_conv_bn_relu(width + low_width, width, 3), _conv_bn_relu(width, width, 3))
+        self.classifier = nn.Conv2d(width, out_classes, 1)
+
+    def forward(self, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        context = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(torch.cat([context, self.low(low)], dim=1)))

@@ -6,8 +6,8 @@ A contour method's `maps(images)` ((B, 1 [+ 1 + K], h, w): contour probability f
 segmentation softmax if it has one) gives the contour map, averaged over scales and flips
 (`tta_maps`); the scores it propagates are the segmentation map ("seg") or the CAM run's class maps
 ("cam"). The propagated maps are written in the CAM npz format, so the shared background-threshold
-sweep and mask writer apply: the constant background score is the best of the validation sweep,
-as for the CAM rows. Images below 320 px get a walk sized to their maps
+sweep and mask writer apply: the constant background score is the best of the train split's sweep,
+as for the CAM rows (the reported split's best is shown only as an oracle). Images below 320 px get a walk sized to their maps
 (`PseudoLabelParams.for_source`). Everything is cached in the run folder (`propagated/`,
 `pseudo_labels/`).
 """
@@ -155,11 +155,12 @@ def _write_propagated_maps(experiment: RunView, split: str, params: PseudoLabelP
     bar.close()
 
 
-def propagation_sweep(experiment: RunView, params: PseudoLabelParams) -> dict[str, Any]:
-    """Background-threshold sweep of the propagated maps on the evaluation split (cached)."""
+def propagation_sweep(experiment: RunView, params: PseudoLabelParams, split: str | None = None) -> dict[str, Any]:
+    """Background-threshold sweep of the propagated maps of `split` (cached). The default, the train
+    split, is where the pseudo labels' threshold is chosen; a sweep of the reported split is an oracle."""
     from wsss.evaluation import sweep_cam_thresholds
 
-    split = experiment.config.eval_split
+    split = split or experiment.config.train_split
     maps = propagated_maps(experiment, split, params)
     key = {"stage": "sweep", "maps": digest(propagation_key(experiment, split, params)),
            "thresholds": list(experiment.config.thresholds)}
@@ -168,7 +169,7 @@ def propagation_sweep(experiment: RunView, params: PseudoLabelParams) -> dict[st
 
 
 def propagated_pseudo_labels(experiment: RunView, split: str, params: PseudoLabelParams) -> Path:
-    """Final pseudo labels of `split`: propagated maps, background score from the validation sweep."""
+    """Final pseudo labels of `split`: propagated maps, background score chosen on the train split."""
     from wsss.stages.pseudo_masks import write_pseudo_masks
 
     thr = propagation_sweep(experiment, params)["best_threshold"]
