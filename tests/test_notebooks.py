@@ -50,6 +50,10 @@ def test_notebook_matches_its_source(notebook: Path, build: ModuleType, tmp_path
 
     assert cells(notebook) == cells(tmp_path / notebook.name), \
         f"{notebook.name} differs from notebooks/src/{notebook.stem}.py: edit the source, then run build.py"
+    # Saved outputs (JupyterLab's autosave after a run) belong in reports/, never in the tracked sources.
+    code = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    assert not any(c.outputs or c.execution_count for c in code), \
+        f"{notebook.name} holds outputs: run build.py (or clear them) before committing"
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ foreground class indices) and `cam` (n_present, H, W) in [0, 1], float16 to keep
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -50,21 +51,48 @@ def scales_tag(scales: Sequence[float], flip: bool) -> str:
 @torch.no_grad()
 def multiscale_maps(map_fn: MapFn, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
                     flip: bool = True) -> torch.Tensor:
-    """Sum over scales (and flips) of `map_fn(images)` resized to the input size: (B, K, H, W)."""
-    size = images.shape[-2:]
+    """Sum over scales (and flips) of `map_fn(images)` brought to the input size: (B, K, H, W).
+
+    Each scale's input is `round(size * scale)` px; its maps go back to the image grid with
+    `to_image_grid`, a flipped pass flipped back after that (its padding lies on the other side)."""
+    size = tuple(images.shape[-2:])
     total = None
     for s in scales:
-        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+        scaled = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+        x = images if scaled == size else F.interpolate(images, size=scaled, mode="bilinear", align_corners=False)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = map_fn(x).float()
+        maps = to_image_grid(map_fn(x).float(), scaled, size)
         if flip:
             half = maps.shape[0] // 2
             maps = maps[:half] + maps[half:].flip(-1)
-        maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         total = maps if total is None else total + maps
     assert total is not None, "scales must not be empty"
     return total
+
+
+def output_stride(input_size: Sequence[int], map_size: Sequence[int]) -> int | None:
+    """The stride of a network that turned `input_size` into `map_size` (each strided layer rounds
+    up: ceil(n / stride) cells), or None when no power of two explains both sides."""
+    for stride in (1, 2, 4, 8, 16, 32, 64):
+        if all(math.ceil(n / stride) == m for n, m in zip(input_size, map_size)):
+            return stride
+    return None
+
+
+def to_image_grid(maps: torch.Tensor, input_size: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """Maps computed on an input of `input_size` (the image at some scale), resized to the image's
+    `size` with every cell kept where it lies, as IRNet's `make_cam` does: a map of m cells at
+    stride s covers m * s input pixels, past the input's edge when the input is no multiple of s;
+    it is upsampled to that extent (in image pixels) and cropped. A plain resize to `size` would
+    stretch the padded extent over the image: up to 9 px off at 375 px, stride 16. When the input
+    is a multiple of the stride both are the same operation."""
+    stride = output_stride(input_size, maps.shape[-2:])
+    if stride is None:
+        return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
+    extent = [round(m * stride * n / i) for m, n, i in zip(maps.shape[-2:], size, input_size)]
+    up = F.interpolate(maps, size=tuple(extent), mode="bilinear", align_corners=False)
+    return up[..., :size[0], :size[1]]
 
 
 def at_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -1,0 +1,46 @@
+"""Multi-scale inference keeps every map cell where it lies on the image, at any image size."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from wsss.inference import multiscale_maps, output_stride, to_image_grid
+
+
+def _stride16_means(images: torch.Tensor) -> torch.Tensor:
+    """A stand-in network at output stride 16: each cell is the mean of its 16 x 16 input block
+    (blocks past the edge see zero padding, as a padded convolution does)."""
+    h, w = images.shape[-2:]
+    padded = F.pad(images[:, :1], (0, -w % 16, 0, -h % 16))
+    return F.avg_pool2d(padded, 16)
+
+
+def _edge_column(row: torch.Tensor) -> float:
+    """Where a rising profile crosses 0.5, interpolated between pixel centres."""
+    i = int(torch.nonzero(row >= 0.5)[0])
+    return i - 1 + float((0.5 - row[i - 1]) / (row[i] - row[i - 1]))
+
+
+def test_a_375x500_image_stays_aligned_to_the_pixel() -> None:
+    """A vertical edge at column 400 of a 375 x 500 image (a multiple of 16, so one stride-16 cell
+    boundary) must come back at column 400 (the boundary between pixel centres 399 and 400). A plain
+    resize of the 32-cell map (512 px of extent) onto 500 px puts it at 390.6."""
+    image = torch.zeros(1, 3, 375, 500)
+    image[..., 400:] = 1.0
+    assert output_stride((375, 500), _stride16_means(image).shape[-2:]) == 16
+    for flip in (False, True):
+        maps = multiscale_maps(_stride16_means, image, (1.0,), flip) / (2 if flip else 1)
+        assert maps.shape == (1, 1, 375, 500)
+        # Within a pixel: the flipped pass cuts its cells at other columns (its padding is on the left).
+        assert abs(_edge_column(maps[0, 0, 200]) - 399.5) < 1.0, flip
+    plain = F.interpolate(_stride16_means(image), size=(375, 500), mode="bilinear", align_corners=False)
+    assert abs(_edge_column(plain[0, 0, 200]) - 399.5) > 8  # what the old resize did
+
+
+def test_maps_of_a_multiple_of_the_stride_are_resized_as_before() -> None:
+    """SynthVOC's 96 px images (and every scale of them) are multiples of the stride: the aligned
+    resize is then exactly the plain one, so no stored result moves."""
+    maps = torch.randn(2, 3, 12, 12)
+    plain = F.interpolate(maps, size=(96, 96), mode="bilinear", align_corners=False)
+    assert torch.equal(to_image_grid(maps, (96, 96), (96, 96)), plain)
+    assert torch.equal(to_image_grid(maps, (48, 48), (96, 96)), plain)  # scale 0.5 at stride 4
