@@ -60,3 +60,14 @@ def test_a_new_column_joins_an_older_table(tmp_path: Path) -> None:
     record([{**ROW, "context_recall": 0.25}], tmp_path)
     rows = {r["variant"]: r for r in read_rows(tmp_path / "metrics.csv")}
     assert rows["old"]["context_recall"] == "" and rows["CAM"]["context_recall"] == "0.25"
+
+
+def test_a_curve_panel_without_data_says_so_without_a_warning() -> None:
+    import warnings
+
+    from wsss import viz
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = viz.plot_curves({"a": [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]}, keys=("loss", "ce"))
+    assert [t.get_text() for t in fig.axes[1].texts] == ["not logged"] and fig.axes[0].get_legend() is not None

@@ -72,7 +72,10 @@ def plot_curves(logs: dict[str, list[dict[str, float]]], keys: Sequence[str] = (
             ax.plot(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), label=name)
         ax.set_xlabel("step")
         ax.set_title(key)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:  # no run logs this quantity (e.g. a loss term of one method only)
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 
