@@ -1,6 +1,7 @@
 """Multi-scale inference keeps every map cell where it lies on the image, at any image size."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,30 @@ def test_maps_of_a_multiple_of_the_stride_are_resized_as_before() -> None:
     plain = F.interpolate(maps, size=(96, 96), mode="bilinear", align_corners=False)
     assert torch.equal(to_image_grid(maps, (96, 96), (96, 96)), plain)
     assert torch.equal(to_image_grid(maps, (48, 48), (96, 96)), plain)  # scale 0.5 at stride 4
+
+
+def test_explain_gives_a_runs_stored_class_maps_for_any_image(tiny_root, tmp_path) -> None:
+    """Three lines from a run folder to maps: on a val image they equal the run's stored class maps
+    (same scales, flips and scaling); any other image, at its own size, gets maps of its size."""
+    import numpy as np
+    from PIL import Image
+
+    from wsss.experiment import Experiment, experiment_factory
+    from wsss.explain import explain, overlay
+    from wsss.inference import load_cam
+
+    run = experiment_factory("tiny", progress=False, run_root=str(tmp_path), max_steps=2)("cam")
+    stored_dir = run.class_maps("val")
+    sample = run.dataset("val")[0]
+    result = explain(run.run_dir, sample["image_uint8"].numpy(), scales=run.config.scales)
+    keys, stored = load_cam(stored_dir / f"{sample['id']}.npz")
+    np.testing.assert_allclose(result.maps[0][keys], stored, atol=2e-3)  # stored as float16
+    assert result.class_names == run.class_names and len(result.top_classes(0, 2)) == 2
+
+    path = tmp_path / "other.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(path)
+    other = explain(Experiment.from_run(run.run_dir, progress=False), [path])
+    assert other.maps[0].shape == (len(run.class_names), 37, 53) and 0 <= other.maps[0].min() <= other.maps[0].max() <= 1
+    assert overlay(other.images[0], other.maps[0][0]).shape == (37, 53, 3)
+    with pytest.raises(ValueError, match="class_names"):
+        explain(run.trained_method(), [path])

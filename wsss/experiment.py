@@ -108,6 +108,22 @@ class ExperimentConfig:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), default=str))
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "ExperimentConfig":
+        """The config a run's config.json records (`to_dict` plus its hash, which must still match)."""
+        d = {k: v for k, v in record.items() if k != "config_hash"}
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown experiment settings {sorted(unknown)} in the run record")
+        d["train"], d["crf"] = TrainConfig(**d["train"]), CRFParams(**d["crf"])
+        for key in ("scale_range", "scales", "thresholds"):
+            d[key] = tuple(d[key])
+        config = cls(**d)
+        if record.get("config_hash") not in (None, config.config_hash()):
+            raise ValueError(f"the run record's hash {record['config_hash']} is not its config's "
+                             f"({config.config_hash()}): it was written by another version of wsss")
+        return config
+
     def config_hash(self) -> str:
         return config_hash(self.to_dict())
 
@@ -178,6 +194,20 @@ class Experiment:
         self._datasets: dict[tuple[str, bool], VOCDataset] = {}
         self._data_keys: dict[str, dict[str, str]] = {}
         self._inputs_checked = False
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, progress: bool = True) -> "Experiment":
+        """The experiment of an existing run folder, from its config.json (e.g. to load its model)."""
+        run_dir = Path(run_dir)
+        record = run_dir / "config.json"
+        if not record.is_file():
+            raise FileNotFoundError(f"{run_dir} is no run folder: it has no config.json")
+        config = ExperimentConfig.from_dict(json.loads(record.read_text()))
+        if run_dir.parent.resolve() != Path(config.run_root or runs_dir()).resolve():
+            config.run_root = str(run_dir.parent)
+        if run_dir.name != f"{config.method}-{config.backbone}-{config.preset}-{config.config_hash()}":
+            config.name = run_dir.name
+        return cls(config, progress=progress)
 
     def _refuse_changed_config(self) -> None:
         """A run folder holds the model of one config: a named run whose config changed must not
