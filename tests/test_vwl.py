@@ -8,7 +8,7 @@ import torch
 
 from wsss.methods.base import build_method
 from wsss.analysis.vwl import distinctive_words
-from wsss.methods.vwl import hybrid_spatial_pyramid_pool, word_frequencies, word_labels
+from wsss.methods.vwl import hybrid_spatial_pyramid_pool, word_histogram, word_labels
 
 
 def _batch(b: int = 3, size: int = 32, k: int = 8) -> dict[str, torch.Tensor]:
@@ -53,18 +53,19 @@ def test_word_labels_mark_the_winning_words_of_valid_locations() -> None:
     valid = torch.tensor([[[True, True, False]]])
     assert word_labels(probs).tolist() == [[1.0, 0.0, 1.0, 1.0]]
     assert word_labels(probs, valid).tolist() == [[1.0, 0.0, 1.0, 0.0]]
-    # Frequencies average the valid locations only.
-    torch.testing.assert_close(word_frequencies(probs, valid), torch.tensor([[0.4, 0.1, 0.35, 0.15]]))
+    # The histogram sums the valid locations only.
+    torch.testing.assert_close(word_histogram(probs, valid), torch.tensor([[0.8, 0.2, 0.7, 0.3]]))
 
 
-def test_word_frequencies_sum_to_one() -> None:
+def test_the_word_histogram_sums_over_locations_as_the_authors_code() -> None:
+    """`torch.sum(x_corr, [2, 3])` in the authors' VWE: each row sums to the number of (valid) locations."""
     model = _small()
     feats = model.backbone(_batch()["image"])[-1]
     probs = model.encoder(feats)
     valid = torch.rand(probs.shape[0], *probs.shape[-2:]) > 0.3
-    for freq in (word_frequencies(probs), word_frequencies(probs, valid)):
-        assert freq.shape == (3, 16)
-        torch.testing.assert_close(freq.sum(dim=1), torch.ones(3))
+    torch.testing.assert_close(word_histogram(probs).sum(dim=1), torch.full((3,), 16.0))  # 4 x 4 locations
+    torch.testing.assert_close(word_histogram(probs, valid).sum(dim=1), valid.flatten(1).sum(dim=1).float())
+    assert word_histogram(probs).shape == (3, 16)
 
 
 def test_gradients_reach_the_codebook_through_the_word_to_image_loss() -> None:
@@ -78,7 +79,7 @@ def test_gradients_reach_the_codebook_through_the_word_to_image_loss() -> None:
     # With the authors' detached features, the word-to-image loss trains the codebook, not the backbone.
     model.zero_grad()
     feats = model.backbone(_batch()["image"])[-1]
-    freq = word_frequencies(model.encoder(feats))
+    freq = word_histogram(model.encoder(feats))
     model.word_to_image(freq[..., None, None]).sum().backward()
     assert model.encoder.codebook.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.backbone.parameters())
@@ -95,14 +96,20 @@ def test_both_parts_off_is_the_cam_baseline() -> None:
     assert plain.new_modules() == [plain.classifier]
 
 
-def test_class_maps_are_the_max_of_the_two_branches() -> None:
+def test_class_maps_are_the_image_branch_as_the_authors_infer_them() -> None:
     model = _small().eval()
     images = _batch()["image"]
     with torch.no_grad():
-        img, word, fused = model.image_cam(images), model.word_cam(images), model.class_maps(images)
+        img, word, cam = model.image_cam(images), model.word_cam(images), model.class_maps(images)
         words = model.word_map(images)
-    torch.testing.assert_close(fused, torch.maximum(img, word))
-    assert (fused >= 0).all() and fused.shape == img.shape == (3, 8, 4, 4)
+        feats = model.backbone(images)[-1]
+        logits = model.word_to_image(word_histogram(model.encoder(feats))[..., None, None]).flatten(1)
+    torch.testing.assert_close(cam, img)
+    assert (cam >= 0).all() and cam.shape == word.shape == (3, 8, 4, 4)
+    # The word branch is on its logit's scale: where no location is rectified, its mean is the logit.
+    positive = (logits > 0) & (word.flatten(2).min(dim=2).values > 0)
+    assert positive.any()
+    torch.testing.assert_close(word.flatten(2).mean(dim=2)[positive], logits[positive])
     assert words.shape == (3, 4, 4) and int(words.max()) < 16
     with pytest.raises(RuntimeError, match="no visual words"):
         _small(vwe=False).word_map(images)

@@ -6,14 +6,15 @@
 # - **Visual word encoder (VWE).** A learnable codebook of k words (k = 256) encodes every feature
 #   location by a softmax over its cosine similarities to the words. The words that win somewhere in
 #   an image form its multi-hot *word label*, which the network must predict from the GAP feature;
-#   the soft word frequencies must predict the image label. Words are finer than classes, so the
+#   the soft word histogram (summed over locations, as the authors' code does) must predict the
+#   image label. Words are finer than classes, so the
 #   backbone has to describe more of each object than the one part that tells the class apart.
 # - **Hybrid spatial pyramid pooling (HSPP).** The image classifier sees
 #   (GMP + mean of 2x2 bin maxima + mean of 4x4 bin maxima + gamma GAP) / (gamma + 3), gamma = 2,
 #   between GMP (too little object) and GAP (too much background).
 #
-# The CAM is the element-wise max of the rectified image-branch CAM and the rectified word-branch
-# CAM (word-to-image weights applied to the word probabilities). Pseudo masks are the shared
+# The paper's CAM is the element-wise max of the image-branch and word-branch CAMs (Eq. 12); the
+# authors' inference, followed here, uses the image branch alone. Pseudo masks are the shared
 # thresholded class maps (optionally with a dense CRF); the paper then refines with IRNet.
 #
 # Paper, PASCAL VOC 2012 CAM pseudo-label mIoU (%) train / val (Table 1): baseline 48.3 / 47.0,
@@ -103,11 +104,12 @@ per_class = report.per_class_rows(scores, ("iou", "recall"), exp.phenomena())
 display(Markdown(viz.markdown_table(per_class, list(per_class[0]), percent=list(per_class[0])[1:-1])))
 
 # %% [markdown]
-# ## The two CAM branches and their max
+# ## The two CAM branches
 #
-# Each row: the image, the image-branch CAM, the word-branch CAM and their element-wise max (all
-# divided by the max of the fused map, so the stronger branch shows brighter), the visual-word map
-# (winning word per feature location, one colour per word) and the ground truth.
+# Each row: the image, the image-branch CAM (the CAM this run reports, as the authors' inference
+# computes it), the word-branch CAM (both divided by the larger of their maxima, so the stronger
+# branch shows brighter), the visual-word map (winning word per feature location, one colour per
+# word) and the ground truth.
 
 # %%
 model, ds = exp.trained_method(), exp.dataset(exp.config.eval_split)
@@ -125,7 +127,6 @@ for index, c in viz.pick_examples(ds, n_examples):
     k, name = list(keys).index(c), exp.class_names[c]
     grid.append({raw["id"]: raw["image"], f"image branch: {name}": viz.overlay(raw["image"], maps["image"][k]),
                  f"word branch: {name}": viz.overlay(raw["image"], maps["word"][k]),
-                 "max": viz.overlay(raw["image"], maps["fused"][k]),
                  "visual words": word_colors(word_map_at(model, sample["image"].to(exp.device))),
                  "ground truth": viz.colorize(raw["mask"])})
 viz.save_figure(viz.titled_grid(grid), "03_vwl_branches");

@@ -1,4 +1,4 @@
-"""Notebook 03's views of a VWL run (the paper's Figs. 4 and 5): the two CAM branches and their max,
+"""Notebook 03's views of a VWL run (the paper's Figs. 4 and 5): the two CAM branches,
 the visual-word map of an image, word usage per class, the words specific to a class and the
 image patches where a word wins."""
 from __future__ import annotations
@@ -20,13 +20,13 @@ ABLATION_ROWS: tuple[tuple[str, bool, bool], ...] = (
 @torch.no_grad()
 def branch_cams(method: VWL, image: torch.Tensor, label: torch.Tensor, scales: Sequence[float] = (1.0,),
                 flip: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(present class indices, {"image", "word", "fused": (n, H, W)}) for one (3, H, W) image: the
-    two branches and their max, each summed over scales (and flips) like CAM inference and all
-    divided by the fused map's per-class max, so the panels show which branch is stronger where."""
-    fns = {"image": method.image_cam, "word": method.word_cam, "fused": method.class_maps}
+    """(present class indices, {"image", "word": (n, H, W)}) for one (3, H, W) image: the two
+    branches, each summed over scales (and flips) like CAM inference and both divided by the larger
+    of their per-class maxima, so the panels show which branch is stronger where."""
+    fns = {"image": method.image_cam, "word": method.word_cam}
     maps = {name: multiscale_maps(fn, image[None], scales, flip)[0] for name, fn in fns.items()}
     keys = torch.nonzero(label > 0.5).flatten().to(image.device)
-    peak = maps["fused"][keys].flatten(1).amax(dim=1).clamp_min(1e-5)[:, None, None]
+    peak = torch.maximum(*(m[keys].flatten(1).amax(dim=1) for m in maps.values())).clamp_min(1e-5)[:, None, None]
     return keys.cpu().numpy(), {name: (m[keys] / peak).cpu().numpy() for name, m in maps.items()}
 
 
