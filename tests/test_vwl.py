@@ -120,3 +120,17 @@ def test_distinctive_words_prefer_words_specific_to_a_class() -> None:
                       [0, 50, 40, 30],    # class 1: word 2 is only its own
                       [0, 0, 10, 30]])    # class 2: word 2 too rare for it; word 3 shared
     assert distinctive_words(usage, per_class=1, min_count=20) == {0: [0], 1: [2], 2: [3]}
+
+
+def test_a_method_revision_gives_its_runs_a_new_folder() -> None:
+    """VWL's training changed (revision 1): runs trained by the earlier code must not be served."""
+    from wsss.experiment import ExperimentConfig
+    from wsss.methods.vwl import VWL
+
+    config = ExperimentConfig.for_preset("tiny", method="vwl")
+    current = config.config_hash()
+    try:
+        VWL.revision = 0
+        assert config.config_hash() != current
+    finally:
+        VWL.revision = 1

@@ -142,6 +142,9 @@ def config_hash(config: dict[str, Any]) -> str:
     digest = weights_digest(d.get("pretrained"))
     if digest:
         d["pretrained_digest"] = digest
+    revision = method_class(d["method"]).revision
+    if revision:  # 0 leaves the hashes of runs from before revisions existed as they were
+        d["method_revision"] = revision
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 

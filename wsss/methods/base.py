@@ -79,6 +79,10 @@ class WSSSMethod(nn.Module):
     # Changes to the training recipe of a preset for this method, e.g. a shorter schedule where the
     # method costs several times a CAM per image: {"quick": {"epochs": 3}}.
     recipe_overrides: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Raised when a code change alters what training computes: it enters the config hash, so runs
+    # trained by the earlier code get a folder of their own instead of being served as current
+    # (trained models are cached by config, not by code).
+    revision: ClassVar[int] = 0
     # "cam": the backbone starts from the CAM baseline run's, as the papers' start from an ImageNet
     # classifier; the orchestrator loads it once before training (see `declare_backbone_init`).
     backbone_init: str | None = None

@@ -96,6 +96,7 @@ class VisualWordEncoder(nn.Module):
 class VWL(WSSSMethod):
     name = "vwl"
     notebook = "03_vwl"
+    revision = 1  # 1: the word histogram sums over locations (the authors' code), no longer the mean
 
     def __init__(self, num_classes: int, backbone: Backbone, vwe: bool = True, hspp: bool = True,
                  num_words: int = 256, gamma: float = 2.0) -> None:
