@@ -12,11 +12,13 @@
 #   (maps binarized at 0.5) are salient, else it joins the background map M_bg. Classes the
 #   saliency detector misses then still train, as background of the saliency loss.
 #
-# One deviation: a map with no pixel above 0.5 has an undefined overlap and goes to neither side
-# (the authors' epsilon sends it to the background). From ImageNet weights maps peak from the first
-# step; from scratch none does, every class would train as background, and the saliency loss would
-# push the class maps off the salient objects for good (observed: no map was ever selected as
-# foreground in 84 steps of a quick-preset run).
+# Deviations from the authors' code (all listed in `wsss/methods/eps.py`): a map with no pixel
+# above 0.5 has an undefined overlap and goes to neither side (the authors' epsilon sends it to the
+# background). From ImageNet weights maps peak from the first step; from scratch none does, every
+# class would train as background, and the saliency loss would push the class maps off the salient
+# objects for good (observed: no map was ever selected as foreground in 84 steps of a quick-preset
+# run). Crop padding is left out of the overlap and the loss, where the authors count it as
+# saliency 0 (background): up to half of a crop of a down-scaled 96 px image is padding.
 #
 # Because the background map must cover everything the detector calls non-salient, co-occurring
 # context (rail under a train, water under a boat) is pushed into the background: EPS targets the

@@ -16,6 +16,20 @@ and context the detector ignores (rail, water) is pushed into the background map
 
 Class maps for inference are the C object channels of the softmax, as in the authors' code; the
 background map takes part through the softmax (where it is high, object probabilities are low).
+
+Deviations from the authors' code (github.com/halbielee/EPS):
+
+- A map with no pixel above 0.5 has an undefined overlap ratio and joins neither side of the map
+  selection; the authors' epsilon sends it to the background. From a start whose maps do not yet
+  peak, every class would train as background (observed: no map selected as foreground in 84 steps
+  of a quick-preset run from scratch).
+- Crop padding is left out of the overlap ratio and of the saliency loss (weight 0). The authors pad
+  the saliency map with 0 and count the padded pixels in both, i.e. as certain background. Here a
+  crop of a down-scaled 96 px image is up to half padding (scale 0.7: 67 px in a 96 px crop), which
+  would make "padding is background" a large share of the loss; the effect of counting it was not
+  measured.
+- The saliency map is brought to the map size by averaging over valid pixels (`to_map_size`); the
+  authors subsample it by nearest neighbour, which aliases thin parts.
 """
 from __future__ import annotations
 
