@@ -38,3 +38,12 @@ def tiny_root() -> Path:
     from wsss.data import synthvoc
 
     return synthvoc.generate(synthvoc.default_root("tiny", 0), preset="tiny", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_voc_sized_root() -> Path:
+    """The tiny preset cut to VOC's image shapes (500x375, 375x500, 500x333, ... scaled to 64 px)."""
+    from wsss.data import synthvoc
+
+    return synthvoc.generate(_SESSION_DIR / "data" / "synthvoc-tiny-vocsizes-s0", preset="tiny", seed=0,
+                             progress=False, voc_sizes=True)

@@ -78,6 +78,17 @@ def test_notebook_runs_under_papermill(notebook: Path, tiny_root: Path, tmp_path
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", [n for n in NOTEBOOKS if n.stem != "explore"], ids=lambda p: p.stem)
+def test_notebook_runs_on_voc_image_shapes(notebook: Path, tiny_voc_sized_root: Path, tmp_path: Path) -> None:
+    """Every stage at VOC's varied, non-square sizes (no size a multiple of the stride is assumed):
+    each notebook runs end to end on them."""
+    out = run_notebook(notebook, {"preset": "tiny", "data_root": str(tiny_voc_sized_root)}, output_dir=tmp_path,
+                       progress=False)
+    nb = nbformat.read(out, as_version=4)
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
 def _perturbed(nb: nbformat.NotebookNode, units: int, seed: int = 0) -> nbformat.NotebookNode:
     """A copy whose checked cells have every number with a fractional part moved by `units` of its
     last digit (random sign), printed with the same number of decimals."""

@@ -182,3 +182,23 @@ def test_torchvision_reads_the_tree(tiny: Path, tmp_path: Path) -> None:
         img, mask = ds[k]
         assert np.array_equal(np.asarray(img), np.asarray(Image.open(tiny / "JPEGImages" / f"{ids[k]}.jpg")))
         assert np.array_equal(np.asarray(mask), np.asarray(Image.open(tiny / "SegmentationClass" / f"{ids[k]}.png")))
+
+
+def test_voc_sizes_cut_each_square_render_to_a_voc_shape() -> None:
+    """Long side kept, short side at VOC's ratios, both orientations; the pixels are those of the
+    square render and the image label is what the cut keeps."""
+    square_cfg, voc_cfg = sv.make_config("tiny"), sv.make_config("tiny", voc_sizes=True)
+    shapes = set()
+    for index in range(40):
+        square, voc = sv.render_image(square_cfg, 0, index), sv.render_image(voc_cfg, 0, index)
+        h, w = voc.image.shape[:2]
+        shapes.add((h, w))
+        assert max(h, w) == 64 and voc.label.shape == voc.saliency.shape == voc.context.shape == (h, w)
+        windows = [(t, l) for t in range(65 - h) for l in range(65 - w)
+                   if np.array_equal(square.label[t:t + h, l:l + w], voc.label)
+                   and np.array_equal(square.image[t:t + h, l:l + w], voc.image)]
+        assert windows, f"image {index} is no window of its square render"
+        kept = {c - 1 for c in np.unique(voc.label) if 0 < c <= sv.NUM_CLASSES}
+        assert set(np.flatnonzero(voc.classes)) == kept
+    assert any(h < w for h, w in shapes) and any(h > w for h, w in shapes) and len(shapes) >= 4
+    assert any(min(s) % 8 for s in shapes)  # sizes that are no multiple of the stride

@@ -423,6 +423,10 @@ class Experiment:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def is_real_voc(self) -> bool:
+        """Real data (no SynthVOC meta.json): VOC-scale recipes apply (IRNet's, DeepLab's)."""
+        return not (self.data_root / "meta.json").is_file()
+
     def phenomena(self) -> dict[str, Any]:
         """SynthVOC's planted phenomena (part-defined classes, context) from meta.json; {} for real data."""
         meta = self.data_root / "meta.json"

@@ -19,6 +19,9 @@
 
 # %% tags=["parameters"]
 preset = "quick"  # SynthVOC preset: tiny, quick or full
+data_root = None  # a VOC-layout folder (e.g. VOCdevkit/VOC2012), None: SynthVOC
+backbone = "small"  # as in the method notebooks, whose runs this one reuses
+pretrained = None  # None: the preset's start
 methods = None  # None: every main method of the registry, in notebook order; or a list of names
 final_methods = None  # None: CAM + the best method by pseudo-mask mIoU, []: no final stage
 upper_bound = True  # train the same network on ground-truth masks
@@ -39,7 +42,8 @@ from wsss.stages.final import SegConfig
 run, missing = compare.split_registered(methods)
 for m in missing:
     print(f"skipped {m}: no method of that name is registered (its module is not in wsss/methods yet)")
-experiments = {m: compare.main_experiment(preset, m, seed=seed) for m in run}
+experiments = {m: compare.main_experiment(preset, m, seed=seed, data_root=data_root, backbone=backbone,
+                                          pretrained=pretrained) for m in run}
 part = experiments[run[0]].phenomena().get("part_defined", [])
 
 # %% [markdown]
@@ -56,7 +60,7 @@ print(f"methods: {time.perf_counter() - t0:.0f} s (training is free when the met
 
 # %%
 finals_to_run = compare.default_final_methods(rows) if final_methods is None else [m for m in final_methods if m in rows]
-seg_config = SegConfig.for_preset(preset, epochs=final_epochs, seed=seed)
+seg_config = SegConfig.for_preset(preset, voc=experiments[run[0]].is_real_voc(), epochs=final_epochs, seed=seed)
 finals, final_cost = {}, []
 for m in finals_to_run:
     stage = compare.final_stage(experiments[m], config=seg_config)

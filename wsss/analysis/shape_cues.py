@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.io import IGNORE_INDEX
-from wsss.inference import present_with_background
+from wsss.inference import present_with_background, size_grouped_batches
 from wsss.methods.shape_cues import ShapeCues, drop_probability, self_information
 from wsss.metrics import ConfusionMeter
 from wsss.refine.spr import propagate, pseudo_mask, spr_affinity
@@ -69,8 +69,7 @@ def spr_alpha_sweep(model: ShapeCues, dataset, alphas: Sequence[float] = ALPHA_S
     n = len(dataset) if limit is None else min(limit, len(dataset))
     meters = {a: ConfusionMeter(k) for a in alphas}
     counts = {a: np.zeros(3) for a in alphas}  # labelled, changed, non-ignored ground truth
-    for start in range(0, n, batch_size):
-        samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
+    for samples in size_grouped_batches(dataset, batch_size, range(n)):
         images = torch.stack([s["image"] for s in samples]).to(device)
         labels = torch.stack([s["label"] for s in samples]).to(device)
         scores = model.scores(images).float()
@@ -90,8 +89,10 @@ def spr_alpha_sweep(model: ShapeCues, dataset, alphas: Sequence[float] = ALPHA_S
 @torch.no_grad()
 def spr_seconds_per_batch(model: ShapeCues, dataset, batch_size: int = 16, repeats: int = 3,
                           device: str | torch.device = "cpu") -> float:
-    """Wall time of one online SPR + pseudo-mask step on a batch of `dataset` (best of `repeats`)."""
-    samples = [dataset[i] for i in range(min(batch_size, len(dataset)))]
+    """Wall time of one online SPR + pseudo-mask step on a batch of `dataset` (best of `repeats`): up
+    to `batch_size` images of the most common size among its first images (sizes vary on VOC)."""
+    groups = size_grouped_batches(dataset, 4 * batch_size, range(min(4 * batch_size, len(dataset))))
+    samples = max(groups, key=len)[:batch_size]
     images = torch.stack([s["image"] for s in samples]).to(device)
     labels = torch.stack([s["label"] for s in samples]).to(device)
     scores = model.scores(images).float()

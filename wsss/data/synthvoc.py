@@ -91,6 +91,9 @@ class SynthConfig:
     # output
     ignore_band: int = 1  # pixels of void (255) outside each object instance, as VOC
     jpeg_quality: int = 95
+    # VOC's image shapes (`VOC_SHAPES`): each image cut from its square render with the long side kept
+    # and the short one drawn as VOC's are, in both orientations; False: square images
+    voc_sizes: bool = False
 
     def __post_init__(self) -> None:
         probs = ("p_context", "p_context_alone", "p_two_tone", "p_saliency_miss_small", "p_saliency_fire_distractor")
@@ -120,8 +123,16 @@ class SynthConfig:
 PRESETS: dict[str, SynthConfig] = {
     "tiny": SynthConfig(image_size=64, n_train=48, n_val=16, n_test=8, saliency_blur_sigma=1.0),
     "quick": SynthConfig(),
-    "full": SynthConfig(image_size=256, n_train=10000, n_val=1449, n_test=1456, saliency_blur_sigma=4.0, ignore_band=3),
+    "full": SynthConfig(image_size=256, n_train=10000, n_val=1449, n_test=1456, saliency_blur_sigma=4.0, ignore_band=3,
+                        voc_sizes=True),
 }
+
+# PASCAL VOC 2012's common image shapes as (short side / long side, share of images), long side
+# 500 px: 500x375 dominates, then 500x333, 500x281, 500x366, 500x400 and squares; about a quarter
+# of the images are portraits. Approximate shares of the trainval set.
+VOC_SHAPES: tuple[tuple[float, float], ...] = (
+    (375 / 500, 0.55), (333 / 500, 0.2), (281 / 500, 0.07), (366 / 500, 0.07), (400 / 500, 0.06), (1.0, 0.05))
+VOC_PORTRAIT_SHARE = 0.25
 
 
 def make_config(preset: str = "quick", **overrides: Any) -> SynthConfig:
@@ -376,10 +387,10 @@ def _paint(canvas: np.ndarray, regions: list[np.ndarray], rng: np.random.Generat
 
 @dataclass(frozen=True)
 class SynthSample:
-    image: np.ndarray  # (S, S, 3) uint8
-    label: np.ndarray  # (S, S) uint8: 0 background, 1..K classes, 255 ignore
-    saliency: np.ndarray  # (S, S) uint8
-    context: np.ndarray  # (S, S) uint8: class index of the context region a pixel belongs to, else 0
+    image: np.ndarray  # (H, W, 3) uint8
+    label: np.ndarray  # (H, W) uint8: 0 background, 1..K classes, 255 ignore
+    saliency: np.ndarray  # (H, W) uint8
+    context: np.ndarray  # (H, W) uint8: class index of the context region a pixel belongs to, else 0
     classes: np.ndarray  # (K,) float32 multi-hot of the classes present in `label`
 
 
@@ -519,11 +530,30 @@ def render_image(cfg: SynthConfig, seed: int, index: int) -> SynthSample:
     for mask in distractor_masks:
         context[mask] = 0
 
+    if cfg.voc_sizes:
+        (top, left), (h, w) = _voc_window(np.random.default_rng([seed, index, 1]), size, label)
+        image, label, saliency, context = (a[top:top + h, left:left + w] for a in (image, label, saliency, context))
     present = np.zeros(NUM_CLASSES, dtype=np.float32)
     for c in np.unique(label):
         if 0 < c <= NUM_CLASSES:
             present[c - 1] = 1.0
-    return SynthSample(image, label, saliency, context, present)
+    return SynthSample(*(np.ascontiguousarray(a) for a in (image, label, saliency, context)), present)
+
+
+def _voc_window(rng: np.random.Generator, size: int, label: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((top, left), (height, width)) of a VOC-shaped window of a square render of `size` px: the
+    shape drawn from `VOC_SHAPES` (a portrait with `VOC_PORTRAIT_SHARE`), the place the one of four
+    random candidates that keeps the most object pixels (an image keeps at least its first object
+    where possible; objects cut at the edge are VOC's truncated ones). A separate generator, so the
+    square content is the same with or without VOC sizes."""
+    ratios, shares = zip(*VOC_SHAPES)
+    short = max(1, round(size * ratios[int(rng.choice(len(ratios), p=np.array(shares) / sum(shares)))]))
+    h, w = (size, short) if rng.random() < VOC_PORTRAIT_SHARE else (short, size)
+    objects = ((label > 0) & (label != IGNORE_INDEX)).astype(np.int64)
+    counts = np.pad(objects, ((1, 0), (1, 0))).cumsum(0).cumsum(1)  # summed-area table
+    candidates = [(int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))) for _ in range(4)]
+    kept = [counts[t + h, l + w] - counts[t, l + w] - counts[t + h, l] + counts[t, l] for t, l in candidates]
+    return candidates[int(np.argmax(kept))], (h, w)
 
 
 def _saliency(rng: np.random.Generator, cfg: SynthConfig, objects: list[_Placed], depth: np.ndarray,
@@ -558,7 +588,8 @@ def _meta(cfg: SynthConfig, preset: str, seed: int) -> dict[str, Any]:
         "generator_version": GENERATOR_VERSION,
         "preset": preset,
         "seed": seed,
-        "params": dataclasses.asdict(cfg),
+        # VOC sizes only when on: datasets written before the option existed keep their identity
+        "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "voc_sizes" or v},
         "counts": cfg.split_sizes,
         "num_classes": NUM_CLASSES,
         "class_names": list(CLASS_NAMES),
@@ -667,10 +698,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="output root (default: $WSSS_DATA/synthvoc-<preset>-s<seed>, WSSS_DATA defaulting to ./data)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace a different dataset found at --out")
+    synth.add_argument("--voc-sizes", action=argparse.BooleanOptionalAction, default=None,
+                       help="VOC's image shapes (long side kept, both orientations); default: the preset's "
+                            "(full: on)")
     synth.set_defaults(func=_cmd_synth)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    root = generate(args.out, args.preset, args.seed, overwrite=args.overwrite)
+    overrides = {} if args.voc_sizes is None else {"voc_sizes": args.voc_sizes}
+    root = generate(args.out, args.preset, args.seed, overwrite=args.overwrite, **overrides)
     print(root)
     return 0

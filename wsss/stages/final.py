@@ -168,7 +168,7 @@ class FinalStage:
             raise FileNotFoundError(f"training masks {self.masks} do not exist")
         self.source = source
         self.config = config or SegConfig.for_preset(experiment.config.preset,
-                                                     voc=not (experiment.data_root / "meta.json").is_file())
+                                                     voc=experiment.is_real_voc())
         self.progress = progress
         tag = "gt" if source.get("kind") == GROUND_TRUTH else experiment.config.method
         self.run_dir = Path(experiment.config.run_root or runs_dir()) / f"final-{tag}-{self.config.model}-{self.config_hash()}"
