@@ -70,7 +70,8 @@ class PseudoLabelParams:
     def for_source(cls, source: str, image_size: int | None = None, tta: bool | None = None,
                    **overrides: Any) -> "PseudoLabelParams":
         """Defaults per source; `tta` (None: on for "seg", off for "cam", as the paper's baseline
-        refines the CAM with single-scale contours) averages flips and several scales.
+        refines the CAM with single-scale contours) averages several scales. Flips are averaged
+        either way: IRNet's `make_sem_seg_labels` averages the edge map of the image and of its flip.
 
         Images of at least SMALL_IMAGE px (or `image_size` None) get the paper's settings: maps at
         1/4 resolution, TTA over scales 1, 0.5, 1.5, 2. Smaller images keep delta = 5 and n = 10 but
@@ -83,10 +84,10 @@ class PseudoLabelParams:
         tta = source == "seg" if tta is None else tta
         scales = head_scales((1.0, 0.5, 1.5, 2.0), image_size) if tta else (1.0,)
         if image_size is None or image_size >= SMALL_IMAGE:
-            base = cls(source=source, scales=scales, flip=tta)
+            base = cls(source=source, scales=scales, flip=True)
         else:
             stride = 2
-            base = cls(source=source, scales=scales, flip=tta, stride=stride,
+            base = cls(source=source, scales=scales, flip=True, stride=stride,
                        contour_scales=(1.5, 2.0) if tta else (2.0,),
                        steps=walk_steps_for(math.ceil(image_size / stride), cls.radius))
         return replace(base, **overrides)
