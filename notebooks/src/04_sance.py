@@ -108,8 +108,9 @@ viz.save_figure(viz.titled_grid(grid), "04_sance_contours");
 # %% [markdown]
 # ## Propagation results
 #
-# The baseline propagates the CAM with its single-scale contours, averaged with those of the flipped image (IRNet); SANCE propagates its
-# segmentation map with its contours, averaged over scales and flips (TTA). Background scores are
+# The baseline propagates the CAM with its single-scale contours, averaged with those of the
+# flipped image (IRNet); SANCE propagates its segmentation map with its contours, averaged over
+# scales and flips (TTA). Background scores are
 # chosen on the train split, as for the CAM rows; `oracle mIoU` is val's own best, for reference.
 
 # %%
