@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from wsss.claims import CLAIMS, measure_claim, paired_interval, verdict, write_claims
+from wsss.claims import CLAIMS, claims_markdown, measure_claim, paired_interval, read_claims, verdict, write_claims
 from wsss.methods.base import available_methods
 
 
@@ -38,6 +38,9 @@ def test_a_claim_is_measured_over_seeds_and_written(tiny_root: Path, tmp_path: P
     assert row["diff_mean"] == pytest.approx(row["method_mean"] - row["baseline_mean"])
     assert row["verdict"] in ("reproduced", "contradicted", "inconclusive")
     md = write_claims([row], tmp_path).read_text()
+    read = read_claims(tmp_path)[0]
+    assert read["diff_mean"] == pytest.approx(row["diff_mean"]) and claims_markdown([read]) == md
+    assert read_claims(tmp_path / "nothing") == []
     assert "| EPS | saliency removes co-occurring context | context_fp_rate (lower is better) |" in md
     assert (tmp_path / "claims.csv").is_file()
 

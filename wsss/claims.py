@@ -157,7 +157,7 @@ def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
         ci = ("n/a" if math.isinf(r["ci_low"]) else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]")
         lines.append(f"| {r['paper']} | {r['text']} | {r['metric']} ({r['better']} is better) | "
                      f"{r['paper_evidence']} | {100 * r['method_mean']:.1f} | {100 * r['baseline_mean']:.1f} | "
-                     f"{100 * r['diff_mean']:+.2f} {ci} | {r['seeds']} | {r['verdict']} |")
+                     f"{100 * r['diff_mean']:+.2f} {ci} | {int(r['seeds'])} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -171,6 +171,16 @@ def write_claims(rows: Sequence[dict[str, Any]], folder: str | Path | None = Non
     write_text(folder / "claims.csv", buf.getvalue())
     write_text(folder / "claims.md", claims_markdown(rows))
     return folder / "claims.md"
+
+
+def read_claims(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """The rows of reports/claims.csv (numbers as floats), [] when no study has been written."""
+    path = (Path(folder) if folder else reports_dir()) / "claims.csv"
+    if not path.is_file():
+        return []
+    numeric = ("seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k in numeric else v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

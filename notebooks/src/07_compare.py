@@ -35,7 +35,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from wsss import compare, report, viz
+from wsss import claims, compare, report, viz
 from wsss.paper_numbers import PAPER_FULLY_SUPERVISED
 from wsss.stages.final import SegConfig
 
@@ -96,6 +96,17 @@ print(viz.markdown_table(table, columns, percent=columns[1:]))
 
 # %%
 display(Markdown(viz.markdown_table(table, ["method", "train_s"])))
+
+# %% [markdown]
+# ## The papers' claims over seeds
+#
+# Each claim as a paired difference against its baseline over seeds, with its 95% interval and
+# verdict, from the last `wsss study` (`reports/claims.md`; the table above is one seed).
+
+# %%
+claim_rows = claims.read_claims()
+display(Markdown(claims.claims_markdown(claim_rows) if claim_rows else
+                 "No study yet: `wsss study --preset quick --seeds 5` writes it (`--claims KEY ...` for a subset)."))
 
 # %% [markdown]
 # ## The same val images across methods
