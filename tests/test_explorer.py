@@ -75,6 +75,22 @@ def test_explorer_updates_with_its_controls(tiny_root: Path, tmp_path: Path) -> 
     classes = [v for _, v in ex.cls.options]
     assert classes == [int(k) for k in np.flatnonzero(ds.label(index) > 0.5)]
 
+    # Runs read as method, preset, seed; previous / next step through the images, and the chosen
+    # class stays where the next image has it.
+    assert [label for label, _ in ex.run.options] == [f"cam · tiny · seed 0 · {tiny_root.name} (run)"] * 2
+    labels = [set(np.flatnonzero(ds.label(i) > 0.5)) for i in range(len(ds))]
+    # an image pair sharing a class that is not the next image's first (which a reset would pick)
+    i, shared = next((i, c) for i in range(len(ds) - 1) for c in labels[i] & labels[i + 1] if c != min(labels[i + 1]))
+    ex.image.value = ds.ids[i]
+    ex.cls.value = int(shared)
+    ex.next.click()
+    assert ex.image.value == ds.ids[i + 1] and ex.cls.value == shared
+    ex.previous.click()
+    assert ex.image.value == ds.ids[i] and ex.cls.value == shared
+    ex.image.value = ds.ids[-1]
+    ex.step(1)
+    assert ex.image.value == ds.ids[0]
+
 
 def test_explorer_without_runs_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="class maps"):

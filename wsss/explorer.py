@@ -41,6 +41,21 @@ def run_data_root(run: str | os.PathLike) -> Path:
     return data_dir() / f"synthvoc-{config['preset']}-s{config.get('data_seed', 0)}"
 
 
+def run_label(run: str | os.PathLike) -> str:
+    """A run as a reader names it: method, preset, seed, the options it sets, and its hash."""
+    run = Path(run)
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return run.name
+    parts = [config.get("method", "?"), config.get("preset", "?"), f"seed {config.get('train', {}).get('seed', 0)}"]
+    options = config.get("method_options") or {}
+    parts += [f"{k}={v}" for k, v in sorted(options.items())]
+    if config.get("data_root"):
+        parts.append(Path(config["data_root"]).name)
+    return " · ".join(str(p) for p in parts) + f" ({run.name.rsplit('-', 1)[-1]})"
+
+
 def image_iou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
     """mIoU of one image over the classes present in its prediction or ground truth (255 ignored)."""
     return segmentation_scores(confusion_matrix(pred, gt, num_classes + 1))["miou"]
@@ -60,16 +75,21 @@ class CAMExplorer:
                                     "run a method notebook (or Experiment.class_maps) first")
         self.crf_params = crf_params or CRFParams()
         self._datasets: dict[Path, VOCDataset] = {}
-        self.run = w.Dropdown(options=[(r.name, r) for r in self.runs], description="run")
-        self.image = w.Dropdown(description="image")
-        self.cls = w.Dropdown(description="class")
-        self.threshold = w.FloatSlider(value=0.3, min=0.0, max=1.0, step=0.01, description="bg threshold",
-                                       continuous_update=True)
+        fit = {"description_width": "initial"}  # labels never cut ("bg thresh...")
+        self.run = w.Dropdown(options=[(run_label(r), r) for r in self.runs], description="run", style=fit,
+                              layout=w.Layout(width="auto"))
+        self.image = w.Dropdown(description="image", style=fit)
+        self.previous, self.next = w.Button(description="◀ previous"), w.Button(description="next ▶")
+        self.cls = w.Dropdown(description="class", style=fit)
+        self.threshold = w.FloatSlider(value=0.3, min=0.0, max=1.0, step=0.01, description="background threshold",
+                                       continuous_update=True, style=fit)
         self.crf = w.Checkbox(value=False, description="dense CRF")
         self.view = w.Image(format="png")
         self.info = w.HTML()
-        self.widget = w.VBox([w.HBox([self.run, self.image, self.cls]), w.HBox([self.threshold, self.crf]),
-                              self.view, self.info])
+        wrap = w.Layout(flex_flow="row wrap")  # narrow windows: controls move to the next line
+        self.widget = w.VBox([w.HBox([self.run], layout=wrap),
+                              w.HBox([self.previous, self.image, self.next, self.cls], layout=wrap),
+                              w.HBox([self.threshold, self.crf], layout=wrap), self.view, self.info])
         self.pseudo: np.ndarray | None = None
         self.iou: float = float("nan")
         self._fixed_threshold = bg_threshold
@@ -77,6 +97,8 @@ class CAMExplorer:
         self._select_run()
         self.run.observe(lambda _: self._select_run(), names="value")
         self.image.observe(lambda _: self._select_image(), names="value")
+        self.previous.on_click(lambda _: self.step(-1))
+        self.next.on_click(lambda _: self.step(1))
         for control in (self.cls, self.threshold, self.crf):
             control.observe(lambda _: self.render(), names="value")
 
@@ -118,12 +140,20 @@ class CAMExplorer:
             self._quiet = False
         self.render()
 
+    def step(self, offset: int) -> None:
+        """The previous (-1) or next (+1) image of the split, wrapping around."""
+        ids = list(self.image.options)
+        self.image.value = ids[(ids.index(self.image.value) + offset) % len(ids)]
+
     def _set_classes(self) -> None:
-        """The class choices are the image's present classes (the ones its CAM file holds)."""
+        """The class choices are the image's present classes (the ones its CAM file holds); the
+        chosen class stays when the new image or run has it."""
         ds = self.dataset()
         keys, _ = load_cam(self.run.value / "cams" / self.split / f"{self.image.value}.npz")
+        kept = self.cls.value
         self.cls.options = [(ds.class_names[k], int(k)) for k in keys] or [("(no class)", -1)]
-        self.cls.value = self.cls.options[0][1]
+        values = [v for _, v in self.cls.options]
+        self.cls.value = kept if kept in values else values[0]
 
     # ------------------------------------------------------------------ view
 
