@@ -104,12 +104,24 @@ def test_spr_does_not_cross_a_colour_edge() -> None:
 def test_pseudo_mask_ignores_unsure_and_conflicting_pixels() -> None:
     refined = torch.tensor([[[[1.0, 0.5, 0.1, 0.7]],       # background
                              [[0.0, 0.9, 0.1, 0.8]]]])     # class
-    labels = pseudo_mask(refined, cutoff=0.6, floor=0.2)[0, 0]
+    labels = pseudo_mask(refined, cutoff=0.6, floor=0.2, background_cutoff=0.6)[0, 0]
     # thresholds: bg 0.6, class 0.54 -> pixel 0 bg; 1 class; 2 nobody (unsure); 3 both (conflict)
     assert labels.tolist() == [0, 1, IGNORE_INDEX, IGNORE_INDEX]
-    low = pseudo_mask(refined * 0.25, cutoff=0.6, floor=0.2)[0, 0]  # maxima 0.25 / 0.225: the floor rules
+    low = pseudo_mask(refined * 0.25, cutoff=0.6, floor=0.2, background_cutoff=0.6)[0, 0]  # the floor rules
     assert low.tolist() == [0, 1, IGNORE_INDEX, IGNORE_INDEX]
     assert pseudo_mask(refined, torch.tensor([[[True, False, True, True]]]))[0, 0, 1] == IGNORE_INDEX
+    # SSSS's background cut is 0.7 of its peak: pixel 3's background (0.7) no longer claims it
+    assert pseudo_mask(refined)[0, 0].tolist() == [0, 1, IGNORE_INDEX, 1]
+
+
+def test_a_pixel_claimed_by_one_channel_gets_that_channel_not_the_argmax() -> None:
+    """SSSS's rule: each channel is cut relative to its own peak, so a weak object's pixel can pass its
+    class's cut while the background's raw score there is higher but below the background's cut. It
+    belongs to the object (the argmax would give it to the background)."""
+    refined = torch.tensor([[[[1.0, 0.5]],      # background: cut 0.7 -> only pixel 0
+                             [[0.0, 0.35]]]])   # a weak class, peak 0.35: cut max(0.21, 0.2) -> pixel 1
+    assert refined[0, :, 0, 1].argmax() == 0
+    assert pseudo_mask(refined)[0, 0].tolist() == [0, 1]
 
 
 # ---------------------------------------------------------------------------------- losses

@@ -231,12 +231,14 @@ class ShapeCues(WSSSMethod):
     penalty), `mask_start`, `backbone_init` and the learning rates (`backbone_lr_mult`,
     `decoder_lr_mult`). The paper's hyper-parameters are the defaults of the parts: SCM's of
     `ShapeCueModule`, SPR's of `wsss.refine.spr` (alpha 0.8, dilations 1..24, 10 iterations, cutoff
-    0.6, floor 0.2), the region loss's and the focal penalty's of their functions. The decoder is
+    0.6, floor 0.2; the background's cutoff 0.7 and the label of a pixel one channel claims, as in
+    SSSS's code, which the paper follows), the region loss's and the focal penalty's of their functions. The decoder is
     min(256, backbone width / 2) wide; ASPP rates are DeepLabV3's (6, 12, 18) at output stride 16,
     (2, 4, 6) on the small backbone's 12-cell maps."""
 
     name = "shape_cues"
     notebook = "06_shape_cues"
+    revision = 1  # 1: pseudo masks label a pixel with the one channel that claims it (SSSS), not the argmax
 
     def __init__(self, num_classes: int, backbone: Backbone, *, scm: bool = True, spr: bool = True,
                  spr_semantics: str = "scores", mask_start: float = 0.25, backbone_init: str | None = "cam",

@@ -101,18 +101,24 @@ def spr(probs: torch.Tensor, image: torch.Tensor, alpha: float = ALPHA, dilation
 
 
 def pseudo_mask(refined: torch.Tensor, valid: torch.Tensor | None = None, cutoff: float = 0.6,
-                floor: float = 0.2) -> torch.Tensor:
-    """(B, H, W) labels (channel index, IGNORE_INDEX for unsure or conflicting pixels).
+                floor: float = 0.2, background_cutoff: float = 0.7) -> torch.Tensor:
+    """(B, H, W) labels (channel index, IGNORE_INDEX for unsure or conflicting pixels) from
+    (B, 1 + K, H, W) refined scores, background first, as SSSS's `pseudo_gtmask` makes them.
 
-    Channel c claims the pixels above max(cutoff * its maximum over the image, floor); a pixel
-    claimed by no channel is unsure, one claimed by two or more is conflicting; both are ignored,
-    as is everything outside `valid` (crop padding). Channels of absent classes should be zero."""
+    Channel c claims the pixels above max(cutoff * its maximum over the image, floor), the
+    background with `background_cutoff`; a pixel claimed by exactly one channel gets that channel
+    (even where another channel's raw score is higher: each channel is cut relative to its own
+    peak), one claimed by none is unsure, one claimed by two or more is conflicting; both are
+    ignored, as is everything outside `valid` (crop padding). Channels of absent classes should be
+    zero."""
     scores = refined.float()
     if valid is not None:
         scores = scores * valid[:, None].to(scores.dtype)
     peak = scores.flatten(2).amax(dim=2)[..., None, None]
-    claimed = scores > (torch.full_like(peak, cutoff) * peak).clamp_min(floor)
-    labels = scores.argmax(dim=1)
+    ratio = torch.full_like(peak, cutoff)
+    ratio[:, :1] = background_cutoff
+    claimed = scores > (ratio * peak).clamp_min(floor)
+    labels = claimed.to(torch.uint8).argmax(dim=1)  # the claiming channel where there is exactly one
     keep = claimed.sum(dim=1) == 1
     if valid is not None:
         keep &= valid.bool()
