@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "[setup] done"
 
-# SynthVOC (quick preset), every method notebook executed into reports/ (JOBS side by side),
-# then the comparison notebook and the summary table.
+# SynthVOC (quick preset), every method's main run executed into reports/demo/ (JOBS notebooks
+# side by side), then the comparison notebook and the summary table. What it skips (ablations,
+# sweeps, final networks, seeds) it names, with the command that runs it.
 demo: $(STAMP)
 	$(BIN)/wsss demo --preset $(PRESET) --jobs $(JOBS)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wsss.claims import CLAIMS, claims_markdown, measure_claim, paired_interval, read_claims, verdict, write_claims
+from wsss.claims import (CLAIMS, claims_markdown, measure_claim, paired_interval, read_claims, run_study, verdict,
+                         write_claims)
 from wsss.methods.base import available_methods
 
 
@@ -28,6 +29,13 @@ def test_every_claim_names_registered_methods() -> None:
     known = set(available_methods())
     assert all({c.method.method, c.baseline.method} <= known for c in CLAIMS)
     assert len({c.key for c in CLAIMS}) == len(CLAIMS)
+
+
+def test_a_study_refuses_no_seeds_and_unknown_claims() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        run_study("tiny", 0)
+    with pytest.raises(ValueError, match="no claim eps_contxt; claims: eps_context"):
+        run_study("tiny", 2, ["eps_contxt"])
 
 
 @pytest.mark.slow

@@ -140,16 +140,30 @@ def test_changed_default_fails_the_regression(tiny_root: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_demo_runs_method_notebooks_side_by_side(tiny_root: Path) -> None:
+def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_root: Path, capsys) -> None:
     import json
 
     from wsss.paths import reports_dir, runs_dir
-    from wsss.runner import run_demo
+    from wsss.runner import FULL_DEMO_COMMAND, run_demo
 
     timings = run_demo("tiny", ("00_dataset", "01_cam_baseline", "03_vwl"), progress=False, jobs=2)
     assert {"00_dataset", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
     for name in ("01_cam_baseline", "03_vwl"):
-        nb = nbformat.read(reports_dir() / f"{name}.ipynb", as_version=4)
+        nb = nbformat.read(reports_dir() / "demo" / f"{name}.ipynb", as_version=4)
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
         assert (runs_dir() / "demo_logs" / f"{name}.log").is_file()
-    assert json.loads((reports_dir() / "demo_timing.json").read_text())["jobs"] == 2
+    vwl = nbformat.read(reports_dir() / "demo" / "03_vwl.ipynb", as_version=4)
+    assert "ablations = False" in "".join(str(o.get("text", "")) for c in vwl.cells for o in c.get("outputs", []))
+    assert json.loads((reports_dir() / "demo" / "demo_timing.json").read_text())["jobs"] == 2
+    assert not (reports_dir() / "03_vwl.ipynb").exists(), "the quick demo leaves the full reports alone"
+    assert FULL_DEMO_COMMAND in capsys.readouterr().out
+
+
+def test_quick_demo_switches_off_ablations_and_final_networks_only() -> None:
+    from wsss.runner import demo_notebooks, demo_switches, resolve_notebook
+
+    switches = {n: demo_switches(resolve_notebook(n)) for n in demo_notebooks()}
+    assert switches["00_dataset"] == {} and switches["01_cam_baseline"] == {}
+    for method in ("02_eps", "03_vwl", "04_sance", "05_rcm_mam", "06_shape_cues"):
+        assert switches[method] == {"ablations": False}, method
+    assert switches["07_compare"] == {"final_methods": [], "upper_bound": False}

@@ -192,11 +192,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_study)
 
 
-def _cmd_study(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
-    chosen = [c for c in CLAIMS if args.claims is None or c.key in args.claims]
-    rows = [measure_claim(c, args.preset, range(args.seeds)) for c in chosen]
+def run_study(preset: str, seeds: int, keys: Sequence[str] | None = None, progress: bool = False,
+              **settings: Any) -> list[dict[str, Any]]:
+    """Every claim (or those named by `keys`) over seeds 0..seeds-1, written to reports/claims.*."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    unknown = sorted(set(keys or ()) - {c.key for c in CLAIMS})
+    if unknown:
+        raise ValueError(f"no claim {', '.join(unknown)}; claims: {', '.join(c.key for c in CLAIMS)}")
+    chosen = [c for c in CLAIMS if keys is None or c.key in keys]
+    rows = [measure_claim(c, preset, range(seeds), progress=progress, **settings) for c in chosen]
     print(claims_markdown(rows))
     print(f"wrote {write_claims(rows)}")
+    return rows
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    run_study(args.preset, args.seeds, args.claims)
     return 0

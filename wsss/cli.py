@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),
     "notebooks": ("wsss.runner", "list the notebooks and their parameters"),
     "study": ("wsss.claims", "every paper's claim over seeds: paired difference, 95%% CI, verdict"),
-    "demo": ("wsss.runner", "SynthVOC + every method notebook into reports/, then the summary table"),
+    "demo": ("wsss.runner", "SynthVOC + every method's main run into reports/demo/, then the comparison "
+                            "(--full: ablations, final networks, claims study, into reports/)"),
 }
 
 

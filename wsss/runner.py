@@ -5,8 +5,9 @@
 run overwrites another's notebook. Parameters are checked against the notebook's `parameters`
 cell before anything runs. A notebook executes into a temporary file that replaces the output
 only when every cell succeeded; a failed run is kept beside it as `<name>.failed.ipynb` and
-leaves the last good report as it was. `wsss demo` generates SynthVOC and runs every method
-notebook into reports/, then prints the summary table.
+leaves the last good report as it was. `wsss demo` generates SynthVOC and runs every method's
+main run (notebooks into reports/demo/), then the comparison; `wsss demo --full` adds the
+ablations, sweeps, final networks and the claims study over seeds, into reports/.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ from wsss.progress import TEXT_ENV
 # The notebooks that are not a method's: the dataset first, the comparison last (it reads every
 # method's run).
 DATASET_NOTEBOOK, COMPARE_NOTEBOOK = "00_dataset", "07_compare"
+# What the quick demo switches off, in every notebook that has the parameter: the ablations and
+# sweeps of the method notebooks, the final networks and their ground-truth reference in the
+# comparison. `wsss demo --full` runs them.
+MAIN_ONLY: dict[str, Any] = {"ablations": False, "final_methods": [], "upper_bound": False}
+FULL_DEMO_COMMAND = ".venv/bin/wsss demo --full --jobs 2"
 
 
 def demo_notebooks() -> tuple[str, ...]:
@@ -172,9 +178,13 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, progress: bool = True,
-             jobs: int = 1) -> dict[str, float]:
-    """SynthVOC, then `notebooks` into reports/; returns seconds per stage and in total.
+             jobs: int = 1, full: bool = False, seeds: int = 5) -> dict[str, float]:
+    """SynthVOC, then `notebooks`; returns seconds per stage and in total.
 
+    The quick demo (default) runs each method's main run with its pictures and rows, with the
+    parameters in `MAIN_ONLY` switched off, into reports/demo/. `full` runs every notebook as it
+    stands, with the claims study over `seeds` seeds (`wsss study`) before the comparison, into
+    reports/; its table then starts empty (earlier rows go to metrics_history.csv).
     With `jobs` > 1 the method notebooks run side by side, each in its own process with
     cores // jobs threads (notebooks that need the same run wait on its lock, see
     `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
@@ -183,7 +193,9 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, pr
     from wsss.report import archive_table
 
     notebooks = notebooks or demo_notebooks()
-    archive_table()  # the demo's table holds the demo's rows; earlier ones go to metrics_history.csv
+    out_dir = reports_dir() if full else reports_dir() / "demo"
+    if full:
+        archive_table()  # the full demo's table holds its own rows; earlier ones go to metrics_history.csv
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     synthvoc.generate(synthvoc.default_root(preset, 0), preset=preset, seed=0, progress=progress)
@@ -191,33 +203,58 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, pr
     present = [n for n in notebooks if (notebooks_dir() / f"{n}.ipynb").is_file()]
     for name in sorted(set(notebooks) - set(present)):
         print(f"[demo] {name}: no such notebook yet, skipped")
+    params = {n: {"preset": preset, **({} if full else demo_switches(resolve_notebook(n)))} for n in present}
     first = [n for n in present if n == DATASET_NOTEBOOK]
     last = [n for n in present if n == COMPARE_NOTEBOOK]
     middle = [n for n in present if n not in first + last]
     for name in first:
-        timings[name] = _timed_notebook(name, preset, progress)
+        timings[name] = _timed_notebook(name, params[name], out_dir, progress)
     if jobs > 1 and len(middle) > 1:
-        timings.update(_parallel_notebooks(middle, preset, jobs))
+        timings.update(_parallel_notebooks(middle, params, out_dir, jobs))
     else:
         for name in middle:
-            timings[name] = _timed_notebook(name, preset, progress)
+            timings[name] = _timed_notebook(name, params[name], out_dir, progress)
+    if full and seeds > 1:
+        from wsss.claims import run_study
+
+        t = time.perf_counter()
+        print(f"[demo] claims study over {seeds} seeds (wsss study)", flush=True)
+        run_study(preset, seeds, progress=progress)
+        timings["study"] = time.perf_counter() - t
     for name in last:
-        timings[name] = _timed_notebook(name, preset, progress)
+        timings[name] = _timed_notebook(name, params[name], out_dir, progress)
     timings["total"] = time.perf_counter() - t0
-    write_json(reports_dir() / "demo_timing.json", {**{k: round(v, 1) for k, v in timings.items()}, "jobs": jobs})
+    write_json(out_dir / "demo_timing.json",
+               {**{k: round(v, 1) for k, v in timings.items()}, "jobs": jobs, "full": full})
+    if not full:
+        skipped = sorted({k for n in present for k in params[n] if k != "preset"})
+        print(f"[demo] skipped ({', '.join(f'{k}={v}' for k, v in MAIN_ONLY.items() if k in skipped)}): the "
+              f"ablations and sweeps, the final networks and the seeds of the claims study. All of them, into "
+              f"reports/ (hours on CPU): {FULL_DEMO_COMMAND}", flush=True)
     return timings
 
 
-def _timed_notebook(name: str, preset: str, progress: bool) -> float:
+def demo_switches(source: Path) -> dict[str, Any]:
+    """The parameters of `MAIN_ONLY` that the notebook has."""
+    known = notebook_parameters(source)
+    return {k: v for k, v in MAIN_ONLY.items() if k in known}
+
+
+def _timed_notebook(name: str, parameters: dict[str, Any], out_dir: Path, progress: bool) -> float:
     t = time.perf_counter()
-    print(f"[demo] running {name} (preset={preset})", flush=True)
-    run_notebook(name, {"preset": preset}, reports_dir(), progress=progress, output=f"{name}.ipynb")
+    print(f"[demo] running {name} ({_describe(parameters)})", flush=True)
+    run_notebook(name, parameters, out_dir, progress=progress, output=f"{name}.ipynb")
     seconds = time.perf_counter() - t
     print(f"[demo] {name} done in {seconds:.0f} s", flush=True)
     return seconds
 
 
-def _parallel_notebooks(names: list[str], preset: str, jobs: int) -> dict[str, float]:
+def _describe(parameters: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in parameters.items())
+
+
+def _parallel_notebooks(names: list[str], parameters: dict[str, dict[str, Any]], out_dir: Path,
+                        jobs: int) -> dict[str, float]:
     """Run `names` as `wsss run` subprocesses, `jobs` at a time; a failure stops the demo after
     the running ones finish (their logs are in runs/demo_logs/)."""
     import subprocess
@@ -234,12 +271,13 @@ def _parallel_notebooks(names: list[str], preset: str, jobs: int) -> dict[str, f
         while pending and len(running) < jobs and not failed:
             name = pending.pop(0)
             log = open(log_dir / f"{name}.log", "w")
-            cmd = [sys.executable, "-m", "wsss.cli", "run", name, "-p", "preset", preset,
-                   "-o", str(reports_dir()), "--output", f"{name}.ipynb"]
+            cmd = [sys.executable, "-m", "wsss.cli", "run", name, "-o", str(out_dir), "--output", f"{name}.ipynb"]
+            for key, value in parameters[name].items():
+                cmd += ["-p", key, json.dumps(value)]
             running[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log,
                              time.perf_counter())
-            print(f"[demo] started {name} (preset={preset}, {threads} thread{'s' * (threads > 1)}, log {log.name})",
-                  flush=True)
+            print(f"[demo] started {name} ({_describe(parameters[name])}, {threads} thread{'s' * (threads > 1)}, "
+                  f"log {log.name})", flush=True)
         time.sleep(2)
         for name, (proc, log, start) in list(running.items()):
             if proc.poll() is None:
@@ -254,7 +292,7 @@ def _parallel_notebooks(names: list[str], preset: str, jobs: int) -> dict[str, f
         if failed and not running:
             pending.clear()
     if failed:
-        raise RuntimeError(f"demo notebooks failed: {failed}; executed notebooks with the error are in {reports_dir()}")
+        raise RuntimeError(f"demo notebooks failed: {failed}; executed notebooks with the error are in {out_dir}")
     return timings
 
 
@@ -273,12 +311,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("names", nargs="*", help="only these notebooks")
     n.set_defaults(func=_cmd_notebooks)
 
-    d = subparsers.add_parser("demo", help="SynthVOC + every method notebook into reports/, then the summary table")
+    d = subparsers.add_parser("demo", help="SynthVOC + every method's main run into reports/demo/, then the "
+                              "comparison (--full: ablations, final networks, claims study, into reports/)")
     d.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
     d.add_argument("--notebooks", nargs="*", default=None,
                    help="default: the dataset, every main method's notebook, the comparison")
     d.add_argument("--jobs", type=int, default=1,
                    help="method notebooks run side by side (each with cores // jobs threads); default 1")
+    d.add_argument("--full", action="store_true",
+                   help="also every ablation, sweep and final network, and the claims study, into reports/")
+    d.add_argument("--seeds", type=int, default=5, help="seeds of the --full claims study (default 5, 1: none)")
     d.set_defaults(func=_cmd_demo)
 
 
@@ -305,7 +347,8 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    timings = run_demo(args.preset, tuple(args.notebooks) if args.notebooks else None, jobs=args.jobs)
+    timings = run_demo(args.preset, tuple(args.notebooks) if args.notebooks else None, jobs=args.jobs,
+                       full=args.full, seeds=args.seeds)
     md = reports_dir() / "metrics.md"
     if md.is_file():
         print("\n" + md.read_text())

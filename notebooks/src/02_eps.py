@@ -47,7 +47,7 @@ lr = None
 seed = 0
 crf = True  # also report the maps + dense CRF
 n_examples = 6
-sweeps = True  # the tau and lambda sweeps (the paper's supplementary ablations)
+ablations = True  # the tau and lambda sweeps (the paper's supplementary ablations)
 taus = [0.2, 0.4, 0.6]
 lambdas = [0.0, 0.5, 1.0]
 ablation_epochs = 1  # schedule of every sweep row, CAM included, None: that of the main runs
@@ -160,7 +160,7 @@ viz.save_figure(viz.cam_example_grid(exp.dataset(exp.config.eval_split), exp.cla
 
 # %%
 sweep_rows = []
-if sweeps:
+if ablations:
     short = ablation_epochs if ablation_epochs is not None else epochs
     runs = [("CAM", experiment("cam", epochs=short))]
     runs += [(f"EPS tau={tau}", eps_experiment(epochs=short, tau=tau)) for tau in taus]
@@ -175,4 +175,4 @@ if sweeps:
 # %%
 # NBVAL_CHECK_OUTPUT
 columns = ["variant", "schedule", "bg_threshold", "miou", "fg_precision", "fg_recall", "context_fp_rate"]
-print(viz.markdown_table(sweep_rows, columns, percent=columns[3:]) if sweep_rows else "sweeps = False")
+print(viz.markdown_table(sweep_rows, columns, percent=columns[3:]) if sweep_rows else "ablations = False")

@@ -39,6 +39,7 @@ batch_size = None
 lr = None
 seed = 0
 main_run = True  # train the main SANCE run with the preset recipe, the row notebook 07 compares
+ablations = True  # also the baseline with a fine-tuned backbone and SANCE without refinement (Tables 1-2)
 ablation_epochs = None  # schedule of every Table 1 and 2 row, None for the preset recipe
 ablation_split = None  # images the Table 1 and 2 rows train on with image labels and CAM seeds only, None for train
 n_examples = 4
@@ -61,8 +62,9 @@ ablation = {"epochs": ablation_epochs, "train_split": ablation_split}  # the sch
 cam = experiment("cam")  # stage 1, the run of notebook 01
 main = experiment("sance")
 runs = {"baseline": experiment("irn_contour", **ablation),
-        "baseline (tuned backbone)": experiment("irn_contour", detach_contour=False, **ablation),
-        "SANCE-naive": experiment("sance", refine=None, **ablation), "SANCE": experiment("sance", **ablation)}
+        **({"baseline (tuned backbone)": experiment("irn_contour", detach_contour=False, **ablation),
+            "SANCE-naive": experiment("sance", refine=None, **ablation)} if ablations else {}),
+        "SANCE": experiment("sance", **ablation)}
 split = main.config.eval_split
 size = main.crop_size()  # picks the paper's walk or its small-image adaptation
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
@@ -115,7 +117,8 @@ viz.save_figure(viz.titled_grid(grid), "04_sance_contours");
 
 # %%
 maps = {"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_source("cam", size)),
-        "SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size)),
+        **({"SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size))}
+           if ablations else {}),
         "SANCE: seg walk": (runs["SANCE"], PseudoLabelParams.for_source("seg", size))}
 label_dirs = {name: propagated_pseudo_labels(exp, split, params) for name, (exp, params) in maps.items()}
 cam_dir = cam.class_maps(split)
@@ -165,13 +168,14 @@ table1 = [  # variant, stage, scores, the run whose contours made them
     ("CAM + CRF", "cam", cam.evaluate(split, crf=True), None),
     (f"baseline, CAM map ({schedule})", "pseudo",
      pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_source("cam", size)), "baseline"),
-    (f"baseline (tuned backbone), CAM map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["baseline (tuned backbone)"], PseudoLabelParams.for_source("cam", size)),
-     "baseline (tuned backbone)"),
-    (f"SANCE-naive, CAM map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("cam", size)), "SANCE-naive"),
-    (f"SANCE-naive, seg map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size, tta=False)), "SANCE-naive"),
+    *([(f"baseline (tuned backbone), CAM map ({schedule})", "pseudo",
+        pseudo_label_scores(runs["baseline (tuned backbone)"], PseudoLabelParams.for_source("cam", size)),
+        "baseline (tuned backbone)"),
+       (f"SANCE-naive, CAM map ({schedule})", "pseudo",
+        pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("cam", size)), "SANCE-naive"),
+       (f"SANCE-naive, seg map ({schedule})", "pseudo",
+        pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size, tta=False)),
+        "SANCE-naive")] if ablations else []),
     (f"SANCE, seg map ({schedule})", "pseudo",
      pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", size, tta=False)), "SANCE"),
     (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", size)),

@@ -51,7 +51,7 @@ seed = 0
 crf = True  # also report the CAM baseline + dense CRF
 ablations = True  # train the Table 5 rows (image labels only, baseline, +SPR, +SCM, both)
 ablation_epochs = None  # schedule of every ablation row, None: the main run schedule
-alpha_sweep_images = 256  # train images of the Table 6 sweep of SPR's alpha, 0: skip it
+alpha_sweep_images = 256  # train images of the Table 6 sweep of SPR's alpha (with the ablations), 0: skip it
 n_examples = 4
 
 # %%
@@ -249,9 +249,9 @@ print(viz.markdown_table(ablation, columns, percent=columns[4:]) if ablation els
 
 # %%
 sweep = (spr_alpha_sweep(model, exp.dataset("train"), limit=alpha_sweep_images, device=exp.device)
-         if alpha_sweep_images else [])
+         if ablations and alpha_sweep_images else [])
 
 # %%
 # NBVAL_CHECK_OUTPUT
 print(viz.markdown_table(sweep, ["alpha", "miou", "labelled", "changed"], percent=["miou", "labelled", "changed"])
-      if sweep else "alpha_sweep_images = 0")
+      if sweep else "ablations = False" if not ablations else "alpha_sweep_images = 0")
