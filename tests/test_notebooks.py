@@ -155,7 +155,9 @@ def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_ro
     vwl = nbformat.read(reports_dir() / "demo" / "03_vwl.ipynb", as_version=4)
     assert "ablations = False" in "".join(str(o.get("text", "")) for c in vwl.cells for o in c.get("outputs", []))
     assert json.loads((reports_dir() / "demo" / "demo_timing.json").read_text())["jobs"] == 2
-    assert not (reports_dir() / "03_vwl.ipynb").exists(), "the quick demo leaves the full reports alone"
+    assert "| vwl |" in (reports_dir() / "demo" / "metrics.md").read_text()
+    assert not (reports_dir() / "03_vwl.ipynb").exists() and not (reports_dir() / "metrics.csv").exists(), \
+        "the quick demo leaves the full reports alone"
     assert FULL_DEMO_COMMAND in capsys.readouterr().out
 
 

@@ -6,8 +6,9 @@ run overwrites another's notebook. Parameters are checked against the notebook's
 cell before anything runs. A notebook executes into a temporary file that replaces the output
 only when every cell succeeded; a failed run is kept beside it as `<name>.failed.ipynb` and
 leaves the last good report as it was. `wsss demo` generates SynthVOC and runs every method's
-main run (notebooks into reports/demo/), then the comparison; `wsss demo --full` adds the
-ablations, sweeps, final networks and the claims study over seeds, into reports/.
+main run, then the comparison, into reports/demo/ (its own notebooks, figures and table);
+`wsss demo --full` adds the ablations, sweeps, final networks and the claims study over seeds,
+into reports/.
 """
 from __future__ import annotations
 
@@ -182,20 +183,31 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, pr
     """SynthVOC, then `notebooks`; returns seconds per stage and in total.
 
     The quick demo (default) runs each method's main run with its pictures and rows, with the
-    parameters in `MAIN_ONLY` switched off, into reports/demo/. `full` runs every notebook as it
+    parameters in `MAIN_ONLY` switched off, into `demo_reports_dir()`: notebooks, figures and
+    table of its own, so the full reports stay as they are. `full` runs every notebook as it
     stands, with the claims study over `seeds` seeds (`wsss study`) before the comparison, into
-    reports/; its table then starts empty (earlier rows go to metrics_history.csv).
+    reports/. Either table starts empty (its earlier rows go to its metrics_history.csv).
     With `jobs` > 1 the method notebooks run side by side, each in its own process with
     cores // jobs threads (notebooks that need the same run wait on its lock, see
     `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
     """
+    notebooks = notebooks or demo_notebooks()
+    out_dir = reports_dir() if full else demo_reports_dir()
+    with _environment(WSSS_REPORTS=str(out_dir)):  # the notebooks' kernels inherit it
+        return _demo(preset, notebooks, out_dir, progress, jobs, full, seeds)
+
+
+def demo_reports_dir() -> Path:
+    """Where the quick demo writes its notebooks, figures and table."""
+    return reports_dir() / "demo"
+
+
+def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool, jobs: int, full: bool,
+          seeds: int) -> dict[str, float]:
     from wsss.data import synthvoc
     from wsss.report import archive_table
 
-    notebooks = notebooks or demo_notebooks()
-    out_dir = reports_dir() if full else reports_dir() / "demo"
-    if full:
-        archive_table()  # the full demo's table holds its own rows; earlier ones go to metrics_history.csv
+    archive_table()  # the demo's table holds the demo's rows; earlier ones go to metrics_history.csv
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     synthvoc.generate(synthvoc.default_root(preset, 0), preset=preset, seed=0, progress=progress)
@@ -349,7 +361,7 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     timings = run_demo(args.preset, tuple(args.notebooks) if args.notebooks else None, jobs=args.jobs,
                        full=args.full, seeds=args.seeds)
-    md = reports_dir() / "metrics.md"
+    md = (reports_dir() if args.full else demo_reports_dir()) / "metrics.md"
     if md.is_file():
         print("\n" + md.read_text())
     print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
