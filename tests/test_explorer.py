@@ -12,14 +12,17 @@ from wsss.inference import save_cam
 from wsss.io import write_json
 
 
-def _fake_run(root: Path, name: str, data_root: Path, fg: float, best: float | None = None) -> Path:
-    """A run whose val CAMs are `fg` on each present class's ground-truth region and 0.2 elsewhere."""
+def _fake_run(root: Path, name: str, data_root: Path, fg: float, best: float | None = None,
+              missed: frozenset[int] = frozenset()) -> Path:
+    """A run whose val CAMs are `fg` on each present class's ground-truth region and 0.2 elsewhere
+    (0.1 everywhere on the images `missed`: their pseudo masks are all background)."""
     run = root / name
     ds = VOCDataset(data_root, "val")
     for i, sample_id in enumerate(ds.ids):
         mask = ds.load(i)["mask"]
         keys = np.flatnonzero(ds.label(i) > 0.5)
-        cam = np.stack([np.where(mask == k + 1, fg, 0.2) for k in keys]).astype(np.float32) \
+        cam = np.stack([np.where(mask == k + 1, 0.1 if i in missed else fg, 0.1 if i in missed else 0.2)
+                        for k in keys]).astype(np.float32) \
             if len(keys) else np.zeros((0,) + mask.shape, np.float32)
         save_cam(run / "cams" / "val" / f"{sample_id}.npz", keys, cam)
     (run / "cams" / "val" / "_done").write_text("done")
@@ -95,3 +98,40 @@ def test_explorer_updates_with_its_controls(tiny_root: Path, tmp_path: Path) -> 
 def test_explorer_without_runs_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="class maps"):
         CAMExplorer([], split="val")
+
+
+def test_explorer_finds_failures_and_compares_two_runs(tiny_root: Path, tmp_path: Path) -> None:
+    ds = VOCDataset(tiny_root, "val")
+    with_objects = [i for i in range(len(ds)) if ds.label(i).sum() > 0]
+    missed = frozenset(with_objects[1::2])
+    good = _fake_run(tmp_path / "runs", "good-run", tiny_root, fg=0.8, best=0.5)
+    poor = _fake_run(tmp_path / "runs", "poor-run", tiny_root, fg=0.8, best=0.5, missed=missed)
+    ex = CAMExplorer([poor, good])
+    single_view = decode_png(ex.view.value)
+
+    # Worst first: the missed images (all background) lead, every listed id carries its mIoU.
+    ex.order.value = "worst"
+    listed = [v for _, v in ex.image.options]
+    ious = ex.ious(poor)
+    assert [ious[i] for i in listed] == sorted(ious.values())
+    assert set(listed[:len(missed)]) == {ds.ids[i] for i in missed}
+    assert all("mIoU" in label for label, _ in ex.image.options)
+    ex.image.value = listed[0]  # a new order keeps the image shown; next follows the order
+    ex.next.click()
+    assert ex.image.value == listed[1]
+
+    # Only the images whose label holds the chosen class, in the same order.
+    c = int(np.flatnonzero(ds.label(with_objects[0]) > 0.5)[0])
+    ex.with_class.value = c
+    kept = [v for _, v in ex.image.options]
+    assert kept == [i for i in listed if ds.label(ds.ids.index(i))[c] > 0.5] and kept
+
+    # The good run beside the poor one on a missed image: its own mIoU, a second row in the view.
+    ex.with_class.value = -1
+    ex.image.value = ds.ids[min(missed)]
+    ex.beside.value = good
+    assert ex.iou < 1.0 and ex.beside_iou == pytest.approx(1.0)
+    assert ex.state()["beside"] == "good-run" and ex.info.value.count("image mIoU") == 2
+    assert decode_png(ex.view.value).shape[0] > single_view.shape[0]
+    ex.beside.value = None
+    assert ex.beside_iou is None

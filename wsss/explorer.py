@@ -2,9 +2,12 @@
 
 A run qualifies when its `cams/<split>/` folder is complete (`_done`, written by
 `Experiment.class_maps`). Pick a run, an image and a class; move the background threshold and
-switch the dense CRF: the view (image, CAM overlay, pseudo mask, ground truth) and the
-per-image IoU update at once. The state the view shows (`pseudo`, `iou`) is kept on the object,
-so a test can drive the widgets and check what is rendered.
+switch the dense CRF: the view (image, CAM overlay, pseudo mask, ground truth, with a class
+legend and a score colour bar) and the per-image IoU update at once. Images can be listed worst
+first by their IoU at the run's chosen threshold and filtered by class, so failures are found
+fast; a second run can be shown beside the first on the same image. The state the view shows
+(`pseudo`, `iou`, and `beside_iou` for the second run) is kept on the object, so a test can drive
+the widgets and check what is rendered.
 """
 from __future__ import annotations
 
@@ -61,6 +64,19 @@ def image_iou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
     return segmentation_scores(confusion_matrix(pred, gt, num_classes + 1))["miou"]
 
 
+def image_ious(run: Path, dataset: VOCDataset, split: str, bg_threshold: float) -> dict[str, float]:
+    """{image id: image mIoU} of the run's thresholded class maps (no CRF) over the split."""
+    ious = {}
+    for index, sample_id in enumerate(dataset.ids):
+        keys, cam = load_cam(run / "cams" / split / f"{sample_id}.npz")
+        ious[sample_id] = image_iou(cam_to_label(keys, cam, bg_threshold), dataset.load(index)["mask"],
+                                    dataset.num_classes)
+    return ious
+
+
+ORDERS = {"split order": "split", "worst image mIoU first": "worst", "best image mIoU first": "best"}
+
+
 class CAMExplorer:
     """Widgets: run, image, class, background threshold, CRF; a rendered view and an IoU line."""
 
@@ -81,25 +97,34 @@ class CAMExplorer:
         self.image = w.Dropdown(description="image", style=fit)
         self.previous, self.next = w.Button(description="◀ previous"), w.Button(description="next ▶")
         self.cls = w.Dropdown(description="class", style=fit)
+        self.order = w.Dropdown(options=list(ORDERS.items()), value="split", description="order", style=fit)
+        self.with_class = w.Dropdown(description="images with", style=fit)
+        self.beside = w.Dropdown(options=[("no second run", None), *((run_label(r), r) for r in self.runs)],
+                                 description="beside", style=fit, layout=w.Layout(width="auto"))
         self.threshold = w.FloatSlider(value=0.3, min=0.0, max=1.0, step=0.01, description="background threshold",
                                        continuous_update=True, style=fit)
         self.crf = w.Checkbox(value=False, description="dense CRF")
         self.view = w.Image(format="png")
         self.info = w.HTML()
         wrap = w.Layout(flex_flow="row wrap")  # narrow windows: controls move to the next line
-        self.widget = w.VBox([w.HBox([self.run], layout=wrap),
+        self.widget = w.VBox([w.HBox([self.run, self.beside], layout=wrap),
+                              w.HBox([self.order, self.with_class], layout=wrap),
                               w.HBox([self.previous, self.image, self.next, self.cls], layout=wrap),
                               w.HBox([self.threshold, self.crf], layout=wrap), self.view, self.info])
         self.pseudo: np.ndarray | None = None
         self.iou: float = float("nan")
+        self.beside_iou: float | None = None
+        self._ious: dict[Path, dict[str, float]] = {}
         self._fixed_threshold = bg_threshold
         self._quiet = False
         self._select_run()
         self.run.observe(lambda _: self._select_run(), names="value")
         self.image.observe(lambda _: self._select_image(), names="value")
+        for control in (self.order, self.with_class):
+            control.observe(lambda _: self._list_images(), names="value")
         self.previous.on_click(lambda _: self.step(-1))
         self.next.on_click(lambda _: self.step(1))
-        for control in (self.cls, self.threshold, self.crf):
+        for control in (self.cls, self.threshold, self.crf, self.beside):
             control.observe(lambda _: self.render(), names="value")
 
     # ------------------------------------------------------------------ data
@@ -115,6 +140,12 @@ class CAMExplorer:
         sweep = stored_result(run / "sweep_train.json") or stored_result(run / f"sweep_{self.split}.json")
         return float(sweep["best_threshold"]) if sweep else 0.3
 
+    def ious(self, run: Path) -> dict[str, float]:
+        """Per-image mIoU of `run` at its chosen threshold (what the order sorts by), computed once."""
+        if run not in self._ious:
+            self._ious[run] = image_ious(run, self.dataset(), self.split, self._best_threshold(run))
+        return self._ious[run]
+
     def _select_run(self) -> None:
         """New run: its image list, its best threshold; one render once every control is set."""
         ds = self.dataset()
@@ -122,13 +153,39 @@ class CAMExplorer:
         try:
             self.threshold.value = self._fixed_threshold if self._fixed_threshold is not None else \
                 self._best_threshold(self.run.value)
-            if self.image.value not in ds.ids:
-                self.image.options = ds.ids
-                self.image.value = ds.ids[0]
+            kept = self.with_class.value
+            self.with_class.options = [("any class", -1), *((n, k) for k, n in enumerate(ds.class_names))]
+            self.with_class.value = kept if kept in dict(self.with_class.options).values() else -1
+            self._list_images(render=False)
             self._set_classes()
         finally:
             self._quiet = False
         self.render()
+
+    def _list_images(self, render: bool = True) -> None:
+        """The image list in the chosen order, only images whose label has the chosen class; the
+        shown image stays when it is still listed."""
+        ds = self.dataset()
+        c = self.with_class.value
+        ids = [i for k, i in enumerate(ds.ids) if c is None or c < 0 or ds.label(k)[c] > 0.5]
+        if not ids:
+            ids = list(ds.ids)  # no image has the class: the whole split rather than an empty list
+        if self.order.value != "split":
+            ious = self.ious(self.run.value)
+            ids.sort(key=lambda i: ious[i], reverse=self.order.value == "best")
+            options = [(f"{i}  (mIoU {100 * ious[i]:.1f}%)", i) for i in ids]
+        else:
+            options = [(i, i) for i in ids]
+        quiet, self._quiet = self._quiet, True
+        try:
+            current = self.image.value
+            self.image.options = options
+            self.image.value = current if current in ids else ids[0]
+            self._set_classes()
+        finally:
+            self._quiet = quiet
+        if render:
+            self.render()
 
     def _select_image(self) -> None:
         if self._quiet:  # a new run's image list: _select_run finishes the update
@@ -141,8 +198,8 @@ class CAMExplorer:
         self.render()
 
     def step(self, offset: int) -> None:
-        """The previous (-1) or next (+1) image of the split, wrapping around."""
-        ids = list(self.image.options)
+        """The previous (-1) or next (+1) image of the list, wrapping around."""
+        ids = [v for _, v in self.image.options]
         self.image.value = ids[(ids.index(self.image.value) + offset) % len(ids)]
 
     def _set_classes(self) -> None:
@@ -162,26 +219,41 @@ class CAMExplorer:
         if self._quiet or self.image.value is None or self.cls.value is None:
             return
         ds = self.dataset()
-        index = ds.ids.index(self.image.value)
-        sample = ds.load(index)
-        keys, cam = load_cam(self.run.value / "cams" / self.split / f"{self.image.value}.npz")
-        thr = float(self.threshold.value)
-        self.pseudo = cam_to_label(keys, cam, thr, sample["image"], self.crf_params if self.crf.value else None)
-        self.iou = image_iou(self.pseudo, sample["mask"], ds.num_classes)
-        c = int(self.cls.value)
-        cls_map = cam[list(keys).index(c)] if c in keys else np.zeros(sample["image"].shape[:2], np.float32)
+        sample = ds.load(ds.ids.index(self.image.value))
+        thr, c = float(self.threshold.value), int(self.cls.value)
         name = ds.class_names[c] if c >= 0 else "none"
-        fig = viz.image_grid([[sample["image"], viz.overlay(sample["image"], cls_map), viz.colorize(self.pseudo),
-                               viz.colorize(sample["mask"])]],
-                             [[sample["id"], f"CAM: {name}", f"pseudo (thr {thr:.2f}{', CRF' if self.crf.value else ''})",
-                               "ground truth"]], size=2.4)
+        crf = ", CRF" if self.crf.value else ""
+        rows, titles, infos, shown = [], [], [], [np.unique(sample["mask"])]
+        self.beside_iou = None
+        runs = [self.run.value, *([self.beside.value] if self.beside.value is not None else [])]
+        for run in runs:
+            keys, cam = load_cam(run / "cams" / self.split / f"{self.image.value}.npz")
+            # the second run at its own chosen threshold (the slider is the first run's)
+            run_thr = thr if run == self.run.value else self._best_threshold(run)
+            pseudo = cam_to_label(keys, cam, run_thr, sample["image"], self.crf_params if self.crf.value else None)
+            iou = image_iou(pseudo, sample["mask"], ds.num_classes)
+            shown.append(np.unique(pseudo))
+            cls_map = cam[list(keys).index(c)] if c in keys else np.zeros(sample["image"].shape[:2], np.float32)
+            rows.append([sample["image"], viz.overlay(sample["image"], cls_map), viz.colorize(pseudo),
+                         viz.colorize(sample["mask"])])
+            titles.append([sample["id"], f"CAM: {name}", f"pseudo (thr {run_thr:.2f}{crf})", "ground truth"])
+            infos.append(f"<b>{run_label(run)}</b>: image mIoU {100 * iou:.1f}% at threshold {run_thr:.2f}{crf}")
+            if run == self.run.value:
+                self.pseudo, self.iou = pseudo, iou
+            else:
+                self.beside_iou = iou
+        fig = viz.image_grid(rows, titles, row_labels=[run_label(r) for r in runs] if len(runs) > 1
+                             else None, size=2.4)
+        viz.add_label_legend(fig, ds.class_names, np.concatenate(shown))
+        viz.add_score_colorbar(fig, fig.axes)
         self.view.value = _png(fig)
-        self.info.value = f"<b>{self.run.value.name}</b> {sample['id']}: image mIoU {100 * self.iou:.1f}% " \
-                          f"at threshold {thr:.2f}{' with CRF' if self.crf.value else ''}"
+        self.info.value = f"{sample['id']}<br>" + "<br>".join(infos)
 
     def state(self) -> dict[str, Any]:
         return {"run": self.run.value.name, "image": self.image.value, "class": self.cls.value,
-                "bg_threshold": float(self.threshold.value), "crf": bool(self.crf.value), "iou": self.iou}
+                "bg_threshold": float(self.threshold.value), "crf": bool(self.crf.value), "iou": self.iou,
+                "beside": self.beside.value.name if self.beside.value is not None else None,
+                "beside_iou": self.beside_iou, "order": self.order.value, "images_with": self.with_class.value}
 
 
 def _png(fig) -> bytes:
@@ -205,7 +277,9 @@ def runs_or_baseline(preset: str, split: str = "val") -> list[Path]:
         return runs
     from wsss.experiment import Experiment, ExperimentConfig
 
-    exp = Experiment(ExperimentConfig.for_preset(preset, method="cam"), progress=False)
+    print(f"No run has class maps of {split} yet: making the CAM baseline of preset {preset} "
+          "(training, class maps, threshold sweep; about 2 minutes at quick on 2 CPU cores).", flush=True)
+    exp = Experiment(ExperimentConfig.for_preset(preset, method="cam"), progress=True)
     exp.class_maps(split)
     exp.sweep(split)
     return [exp.run_dir]

@@ -52,6 +52,25 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
     return fig
 
 
+def add_label_legend(fig: plt.Figure, class_names: Sequence[str], labels: Any) -> None:
+    """A legend under `fig` of the colours of the label values in `labels` (0 background, k + 1
+    class k) and of the white ignore band."""
+    from matplotlib.patches import Patch
+
+    values = sorted({int(v) for v in np.unique(np.asarray(labels))} - {IGNORE_INDEX})
+    names = ["background", *class_names]
+    handles = [Patch(facecolor=VOC_PALETTE[v] / 255, edgecolor="0.6", label=names[v]) for v in values]
+    handles.append(Patch(facecolor="white", edgecolor="0.6", label="ignored (object boundary band)"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 5),
+               fontsize=7, frameon=False)
+
+
+def add_score_colorbar(fig: plt.Figure, axes: Any, label: str = "class score", cmap: str = "jet") -> None:
+    """A [0, 1] colour bar beside `axes` for the maps drawn by `heat` / `overlay`."""
+    scale = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=cmap)
+    fig.colorbar(scale, ax=axes, fraction=0.03, pad=0.01).set_label(label, fontsize=7)
+
+
 def titled_grid(rows: Sequence[Mapping[str, np.ndarray]], row_labels: Sequence[str] | None = None,
                 size: float = 1.8) -> plt.Figure:
     """`image_grid` from rows of {title: image}: each row names its own panels."""
@@ -140,17 +159,21 @@ def cam_example_grid(dataset, cam_dir: str | os.PathLike, n: int, bg_threshold: 
     from wsss.inference import load_cam
     from wsss.stages.pseudo_masks import cam_to_label
 
-    rows, titles = [], []
+    rows, titles, shown = [], [], []
     for index, c in pick_examples(dataset, n):
         sample = dataset.load(index)
         keys, cam = load_cam(Path(cam_dir) / f"{sample['id']}.npz")
         cls_map = cam[list(keys).index(c)] if c in keys else np.zeros(sample["image"].shape[:2])
-        row = [sample["image"], overlay(sample["image"], cls_map), colorize(cam_to_label(keys, cam, bg_threshold)),
-               colorize(sample["mask"])]
+        pseudo = cam_to_label(keys, cam, bg_threshold)
+        row = [sample["image"], overlay(sample["image"], cls_map), colorize(pseudo), colorize(sample["mask"])]
         title = [sample["id"], f"CAM: {dataset.class_names[c]}", f"pseudo (thr {bg_threshold:.2f})", "ground truth"]
         for name, fn in (extra or {}).items():
             row.append(fn(sample))
             title.append(name)
         rows.append(row)
         titles.append(title)
-    return image_grid(rows, titles)
+        shown += [np.unique(pseudo), np.unique(sample["mask"])]
+    fig = image_grid(rows, titles)
+    add_label_legend(fig, dataset.class_names, np.concatenate(shown) if shown else [0])
+    add_score_colorbar(fig, fig.axes)
+    return fig

@@ -3,7 +3,10 @@
 #
 # Browse the class maps every run has saved (`runs/*/cams/<split>/`) without retraining: pick a
 # run (method), an image and a class, move the background threshold, switch the dense CRF on, and
-# watch the pseudo mask and the image's mIoU change. Runs appear here once a method notebook (or
+# watch the pseudo mask and the image's mIoU change. `order` lists the images worst first by their
+# mIoU at the run's chosen threshold, `images with` keeps those of one class, `beside` shows a
+# second run (at its own threshold) on the same image; the legend names the mask colours (white:
+# the ignored band along object boundaries), the colour bar the class score. Runs appear here once a method notebook (or
 # `Experiment.class_maps`) has written their class maps; with none yet, the CAM baseline of
 # `preset` is made first. The threshold starts at each run's chosen one (its train sweep).
 
