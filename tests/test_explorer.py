@@ -133,5 +133,5 @@ def test_explorer_finds_failures_and_compares_two_runs(tiny_root: Path, tmp_path
     assert ex.iou < 1.0 and ex.beside_iou == pytest.approx(1.0)
     assert ex.state()["beside"] == "good-run" and ex.info.value.count("image mIoU") == 2
     assert decode_png(ex.view.value).shape[0] > single_view.shape[0]
-    ex.beside.value = None
-    assert ex.beside_iou is None
+    ex.beside.value = ""
+    assert ex.beside_iou is None and ex.state()["beside"] is None

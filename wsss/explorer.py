@@ -99,7 +99,8 @@ class CAMExplorer:
         self.cls = w.Dropdown(description="class", style=fit)
         self.order = w.Dropdown(options=list(ORDERS.items()), value="split", description="order", style=fit)
         self.with_class = w.Dropdown(description="images with", style=fit)
-        self.beside = w.Dropdown(options=[("no second run", None), *((run_label(r), r) for r in self.runs)],
+        # "" for no second run: a Dropdown takes the value None for "nothing selected"
+        self.beside = w.Dropdown(options=[("no second run", ""), *((run_label(r), r) for r in self.runs)],
                                  description="beside", style=fit, layout=w.Layout(width="auto"))
         self.threshold = w.FloatSlider(value=0.3, min=0.0, max=1.0, step=0.01, description="background threshold",
                                        continuous_update=True, style=fit)
@@ -225,7 +226,7 @@ class CAMExplorer:
         crf = ", CRF" if self.crf.value else ""
         rows, titles, infos, shown = [], [], [], [np.unique(sample["mask"])]
         self.beside_iou = None
-        runs = [self.run.value, *([self.beside.value] if self.beside.value is not None else [])]
+        runs = [self.run.value, *([self.beside.value] if self.beside.value else [])]
         for run in runs:
             keys, cam = load_cam(run / "cams" / self.split / f"{self.image.value}.npz")
             # the second run at its own chosen threshold (the slider is the first run's)
@@ -252,7 +253,7 @@ class CAMExplorer:
     def state(self) -> dict[str, Any]:
         return {"run": self.run.value.name, "image": self.image.value, "class": self.cls.value,
                 "bg_threshold": float(self.threshold.value), "crf": bool(self.crf.value), "iou": self.iou,
-                "beside": self.beside.value.name if self.beside.value is not None else None,
+                "beside": self.beside.value.name if self.beside.value else None,
                 "beside_iou": self.beside_iou, "order": self.order.value, "images_with": self.with_class.value}
 
 
