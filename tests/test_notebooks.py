@@ -140,11 +140,14 @@ def test_changed_default_fails_the_regression(tiny_root: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_root: Path, capsys) -> None:
+def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_root: Path, tmp_path: Path,
+                                                                          monkeypatch, capsys) -> None:
     import json
 
     from wsss.paths import reports_dir, runs_dir
     from wsss.runner import FULL_DEMO_COMMAND, run_demo
+
+    monkeypatch.setenv("WSSS_REPORTS", str(tmp_path / "reports"))  # the suite's shared folder holds other rows
 
     timings = run_demo("tiny", ("00_dataset", "01_cam_baseline", "03_vwl"), progress=False, jobs=2)
     assert {"00_dataset", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
