@@ -31,8 +31,11 @@ def overlay(image: np.ndarray, values: np.ndarray, alpha: float = 0.5, cmap: str
 
 
 def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[str]] | None = None,
-               row_labels: Sequence[str] | None = None, size: float = 1.8) -> plt.Figure:
-    """A grid of images (rows x columns); titles per cell, labels per row."""
+               row_labels: Sequence[str] | None = None, size: float = 1.8,
+               class_names: Sequence[str] | None = None, score_bar: bool = False) -> plt.Figure:
+    """A grid of images (rows x columns); titles per cell, labels per row. With `class_names`, a
+    legend of every class colour (and the ignore band) for grids of label maps; with `score_bar`,
+    a colour bar for the [0, 1] maps drawn by `heat` / `overlay`."""
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False)
     for i in range(n_rows):
@@ -49,6 +52,10 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
             axes[i][0].text(-0.08, 0.5, row_labels[i], transform=axes[i][0].transAxes, rotation=90, va="center",
                             ha="right", fontsize=8)
     fig.tight_layout()
+    if class_names is not None:
+        add_label_legend(fig, class_names, np.arange(len(class_names) + 1))
+    if score_bar:
+        add_score_colorbar(fig, fig.axes, label="map value")
     return fig
 
 
@@ -72,9 +79,10 @@ def add_score_colorbar(fig: plt.Figure, axes: Any, label: str = "class score", c
 
 
 def titled_grid(rows: Sequence[Mapping[str, np.ndarray]], row_labels: Sequence[str] | None = None,
-                size: float = 1.8) -> plt.Figure:
+                size: float = 1.8, class_names: Sequence[str] | None = None, score_bar: bool = False) -> plt.Figure:
     """`image_grid` from rows of {title: image}: each row names its own panels."""
-    return image_grid([list(r.values()) for r in rows], [list(r) for r in rows], row_labels, size)
+    return image_grid([list(r.values()) for r in rows], [list(r) for r in rows], row_labels, size, class_names,
+                      score_bar)
 
 
 def plot_curves(logs: dict[str, list[dict[str, float]]], keys: Sequence[str] = ("loss",), smooth: int = 10) -> plt.Figure:

@@ -52,7 +52,7 @@ for index, c in viz.pick_examples(dataset, n_examples):
     if ctx_dir is not None:
         row.append(viz.colorize(read_mask(ctx_dir / f"{s['id']}.png"))); title.append("context regions")
     rows.append(row); titles.append(title)
-viz.save_figure(viz.image_grid(rows, titles), "00_samples");
+viz.save_figure(viz.image_grid(rows, titles, class_names=dataset.class_names), "00_samples");
 
 # %% [markdown]
 # ## Classes and co-occurrence

@@ -123,7 +123,8 @@ display(Markdown(viz.markdown_table(per_class, list(per_class[0]), percent=list(
 # %%
 model, sal_ds = exp.trained_method(), saliency_dataset(exp, exp.config.eval_split)
 picks = viz.pick_examples(sal_ds, n_examples)
-viz.save_figure(viz.titled_grid(example_grid_rows(model, sal_ds, picks, exp.device)), "02_eps_maps");
+viz.save_figure(viz.titled_grid(example_grid_rows(model, sal_ds, picks, exp.device),
+                                class_names=exp.class_names, score_bar=True), "02_eps_maps");
 
 # %% [markdown]
 # ## Map selection per class

@@ -129,7 +129,7 @@ for index, c in viz.pick_examples(ds, n_examples):
                  f"word branch: {name}": viz.overlay(raw["image"], maps["word"][k]),
                  "visual words": word_colors(word_map_at(model, sample["image"].to(exp.device))),
                  "ground truth": viz.colorize(raw["mask"])})
-viz.save_figure(viz.titled_grid(grid), "03_vwl_branches");
+viz.save_figure(viz.titled_grid(grid, class_names=exp.class_names, score_bar=True), "03_vwl_branches");
 
 # %% [markdown]
 # ## Word usage per class

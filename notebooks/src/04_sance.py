@@ -105,7 +105,7 @@ for j, i in enumerate(indices):
     raw = ds.load(i)
     grid.append({raw["id"]: raw["image"], "ground truth": viz.colorize(raw["mask"]),
                  **{name: viz.heat(contours[name][j]) for name in runs}})
-viz.save_figure(viz.titled_grid(grid), "04_sance_contours");
+viz.save_figure(viz.titled_grid(grid, class_names=ds.class_names, score_bar=True), "04_sance_contours");
 
 # %% [markdown]
 # ## Propagation results
@@ -130,7 +130,7 @@ for i in indices:
     grid.append({"CAM": viz.overlay(raw["image"], cam_max),
                  **{name: viz.colorize(read_mask(d / f"{raw['id']}.png")) for name, d in label_dirs.items()},
                  "ground truth": viz.colorize(raw["mask"])})
-viz.save_figure(viz.titled_grid(grid), "04_sance_propagation");
+viz.save_figure(viz.titled_grid(grid, class_names=ds.class_names, score_bar=True), "04_sance_propagation");
 
 # %% [markdown]
 # ## Online labels over training
@@ -150,7 +150,8 @@ for index in sorted(model.snapshot_indices)[:2]:
                      "contour": viz.heat(shot["boundary"].float().numpy())})
         labels.append(f"image {index}, {100 * shot['progress']:.0f}%")
 if grid:
-    viz.save_figure(viz.titled_grid(grid, row_labels=labels), "04_sance_online_labels");
+    viz.save_figure(viz.titled_grid(grid, row_labels=labels, class_names=ds.class_names, score_bar=True),
+                    "04_sance_online_labels");
 
 # %% [markdown]
 # ## Table 1: pseudo labels

@@ -136,7 +136,7 @@ for raw, c, ex in examples:
                  f"prototype: {name}": viz.overlay(image, ex["similarity"][k + 1]),
                  "prototype: background": viz.overlay(image, ex["similarity"][0]),
                  "ground truth": viz.colorize(raw["mask"])})
-viz.save_figure(viz.titled_grid(grid), "05_rcm_regions");
+viz.save_figure(viz.titled_grid(grid, class_names=exp.class_names, score_bar=True), "05_rcm_regions");
 
 # %% [markdown]
 # ## MAM: CAMs at each scale and their weights
@@ -158,7 +158,8 @@ for raw, c, ex in examples:
                 for i, (s, t) in enumerate(zip(scale_names, ex["targets"][:, k]))})
     grid.append(row)
     weights.append(xi)
-viz.save_figure(viz.titled_grid(grid, row_labels=[exp.class_names[c] for _, c, _ in examples]), "05_mam_scales")
+viz.save_figure(viz.titled_grid(grid, row_labels=[exp.class_names[c] for _, c, _ in examples], score_bar=True),
+                "05_mam_scales")
 mean_xi = np.mean(weights, axis=0)
 display(Markdown("Mean MAM weight xi over the examples (rows: MainNet scale i, columns: SupportNet scale j)\n\n"
                  + viz.markdown_table([{"i": s, **{f"j={t}": float(mean_xi[a, b]) for b, t in enumerate(scale_names)}}

@@ -152,7 +152,7 @@ for i, _ in examples:
     grid.append({raw["id"]: raw["image"], "self-information": viz.heat(unit(e["information"])),
                  "drop probability": viz.heat(unit(e["drop_prob"])), "survival probability": e["keep"],
                  "one draw": e["sampled_keep"]})
-viz.save_figure(viz.titled_grid(grid), "06_shape_cues_scm");
+viz.save_figure(viz.titled_grid(grid, score_bar=True), "06_shape_cues_scm");
 
 # %% [markdown]
 # ## SPR iterations
@@ -169,7 +169,7 @@ e, raw = explained[i0], ds.load(i0)
 shown = sorted({0, 1, 2, 5, len(e["spr_steps"]) - 1})
 row = {raw["id"]: raw["image"], **{f"SPR t={t}": viz.colorize(e["spr_steps"][t]) for t in shown},
        "pseudo mask": viz.colorize(e["pseudo"]), "ground truth": viz.colorize(raw["mask"])}
-viz.save_figure(viz.titled_grid([row]), "06_shape_cues_spr");
+viz.save_figure(viz.titled_grid([row], class_names=ds.class_names), "06_shape_cues_spr");
 
 # %% [markdown]
 # ## Pseudo masks next to predictions
@@ -190,7 +190,7 @@ for i, _ in examples:
                  "SPR pseudo mask": viz.colorize(e["pseudo"]),
                  "final mask": viz.colorize(load_label_png(final_dir / f"{raw['id']}.png")),
                  "ground truth": viz.colorize(raw["mask"])})
-viz.save_figure(viz.titled_grid(grid), "06_shape_cues_masks");
+viz.save_figure(viz.titled_grid(grid, class_names=ds.class_names), "06_shape_cues_masks");
 
 # %% [markdown]
 # ## Ablation (the paper's Table 5)
