@@ -135,3 +135,11 @@ def test_explorer_finds_failures_and_compares_two_runs(tiny_root: Path, tmp_path
     assert decode_png(ex.view.value).shape[0] > single_view.shape[0]
     ex.beside.value = ""
     assert ex.beside_iou is None and ex.state()["beside"] is None
+
+    # A run on other data has no maps of this image: said, not an error.
+    other = _fake_run(tmp_path / "runs", "other-run", tiny_root, fg=0.8)
+    for path in (other / "cams" / "val").glob("*.npz"):
+        path.unlink()
+    ex = CAMExplorer([poor, other])
+    ex.beside.value = other
+    assert ex.beside_iou is None and "has no class maps" in ex.info.value

@@ -226,11 +226,14 @@ class CAMExplorer:
         crf = ", CRF" if self.crf.value else ""
         rows, titles, infos, shown = [], [], [], [np.unique(sample["mask"])]
         self.beside_iou = None
-        runs = [self.run.value, *([self.beside.value] if self.beside.value else [])]
-        for run in runs:
+        runs = [self.run.value]
+        beside = self.beside.value
+        if beside and (beside / "cams" / self.split / f"{self.image.value}.npz").is_file():
+            runs.append(beside)
+        for first, run in zip((True, False), runs):
             keys, cam = load_cam(run / "cams" / self.split / f"{self.image.value}.npz")
             # the second run at its own chosen threshold (the slider is the first run's)
-            run_thr = thr if run == self.run.value else self._best_threshold(run)
+            run_thr = thr if first else self._best_threshold(run)
             pseudo = cam_to_label(keys, cam, run_thr, sample["image"], self.crf_params if self.crf.value else None)
             iou = image_iou(pseudo, sample["mask"], ds.num_classes)
             shown.append(np.unique(pseudo))
@@ -239,7 +242,7 @@ class CAMExplorer:
                          viz.colorize(sample["mask"])])
             titles.append([sample["id"], f"CAM: {name}", f"pseudo (thr {run_thr:.2f}{crf})", "ground truth"])
             infos.append(f"<b>{run_label(run)}</b>: image mIoU {100 * iou:.1f}% at threshold {run_thr:.2f}{crf}")
-            if run == self.run.value:
+            if first:
                 self.pseudo, self.iou = pseudo, iou
             else:
                 self.beside_iou = iou
@@ -248,6 +251,8 @@ class CAMExplorer:
         viz.add_label_legend(fig, ds.class_names, np.concatenate(shown))
         viz.add_score_colorbar(fig, fig.axes)
         self.view.value = _png(fig)
+        if beside and len(runs) == 1:  # a run on other data: nothing to show beside this image
+            infos.append(f"<b>{run_label(beside)}</b> has no class maps of {self.image.value}")
         self.info.value = f"{sample['id']}<br>" + "<br>".join(infos)
 
     def state(self) -> dict[str, Any]:
