@@ -21,8 +21,8 @@ def _fake_run(root: Path, name: str, data_root: Path, fg: float, best: float | N
     for i, sample_id in enumerate(ds.ids):
         mask = ds.load(i)["mask"]
         keys = np.flatnonzero(ds.label(i) > 0.5)
-        cam = np.stack([np.where(mask == k + 1, 0.1 if i in missed else fg, 0.1 if i in missed else 0.2)
-                        for k in keys]).astype(np.float32) \
+        on, off = (0.1, 0.1) if i in missed else (fg, 0.2)
+        cam = np.stack([np.where(mask == k + 1, on, off) for k in keys]).astype(np.float32) \
             if len(keys) else np.zeros((0,) + mask.shape, np.float32)
         save_cam(run / "cams" / "val" / f"{sample_id}.npz", keys, cam)
     (run / "cams" / "val" / "_done").write_text("done")

@@ -157,8 +157,7 @@ class CAMExplorer:
             kept = self.with_class.value
             self.with_class.options = [("any class", -1), *((n, k) for k, n in enumerate(ds.class_names))]
             self.with_class.value = kept if kept in dict(self.with_class.options).values() else -1
-            self._list_images(render=False)
-            self._set_classes()
+            self._list_images(render=False)  # also sets the image's classes
         finally:
             self._quiet = False
         self.render()
