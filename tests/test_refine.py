@@ -422,3 +422,16 @@ def test_crf_input_validation():
         dense_crf(img, bad)
     with pytest.raises(ValueError):
         crf_labels(img, probs, labels=[0, 1, 2])
+
+
+def test_spr_sigma_is_pooled_over_all_dilations() -> None:
+    """PAMR's LocalStDev: one sigma per pixel over the 3x3 windows of every dilation together."""
+    from wsss.refine.spr import _windows, local_differences
+
+    x = torch.rand(1, 1, 9, 9, generator=torch.Generator().manual_seed(0))
+    dilations = (1, 2)
+    wins = torch.cat([_windows(x, d) for d in dilations], dim=2)  # (1, 1, 18, 9, 9)
+    sigma = wins.std(dim=2, keepdim=True)
+    expected = torch.cat([(_windows(x, d)[:, :, [k for k in range(9) if k != 4]] - x[:, :, None]).abs()
+                          for d in dilations], dim=2) / (sigma + 1e-8)
+    assert torch.allclose(local_differences(x, dilations), expected, atol=1e-5)

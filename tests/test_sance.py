@@ -21,7 +21,8 @@ from wsss.refine.random_walk import (
     walk_present,
 )
 from wsss.stages.cam_seeds import SEED_CRF, seed_label
-from wsss.stages.propagation import PseudoLabelParams, walk_steps_for
+from wsss.scale import ScalePolicy
+from wsss.stages.propagation import PseudoLabelParams
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -281,13 +282,9 @@ def test_seed_thresholds_follow_the_cam_threshold_unless_given() -> None:
     assert m.seed_thresholds(_CamRun()) == (0.30, 0.05)
 
 
-def test_walk_steps_scale_with_the_map() -> None:
-    # IRNet's 2**8 steps of radius 5 on 128-cell maps; the same reach on 48 cells takes ~2**5.
-    assert walk_steps_for(128, 5) == 8 and walk_steps_for(48, 5) == 5 and walk_steps_for(4, 5) == 1
-    large, small = PseudoLabelParams.for_source("seg", 512), PseudoLabelParams.for_source("seg", 96)
-    assert (large.stride, large.steps, large.contour_scales, len(large.scales)) == (4, 8, None, 4)
-    assert (small.stride, small.steps, small.contour_scales, small.scales) == (2, 5, (1.5, 2.0), (1.0,))
-    baseline = PseudoLabelParams.for_source("cam", 96)
+def test_pseudo_label_params_flip_and_validate() -> None:
+    # The walk's sizes come from the scale policy (tests/test_scale.py); flips are averaged either way.
+    baseline = PseudoLabelParams.for_source("cam", ScalePolicy(96), 8)
     assert baseline.contour_scales == (2.0,) and baseline.flip  # IRNet averages the edges of the image and its flip
     with pytest.raises(ValueError):
         PseudoLabelParams(stride=0)

@@ -33,6 +33,7 @@ from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.models.backbones import weights_digest
 from wsss.stages.pseudo_masks import write_pseudo_masks
 from wsss.refine.crf import CRFParams
+from wsss.scale import PAPER_SCALE, ScalePolicy
 from wsss.train import TrainConfig, TrainResult, device_named, load_model, split_train_overrides, train
 
 # Training recipes per SynthVOC preset, sized for the machine each preset targets.
@@ -248,6 +249,19 @@ class Experiment:
             return int(json.loads(meta.read_text())["params"]["image_size"])
         return 448
 
+    def scale_policy(self) -> ScalePolicy:
+        """How the papers' size-dependent settings convert to this data: SynthVOC's image size; the
+        papers' own settings on real data (VOC-sized images)."""
+        meta = self.data_root / "meta.json"
+        if meta.is_file():
+            return ScalePolicy(int(json.loads(meta.read_text())["params"]["image_size"]))
+        return PAPER_SCALE
+
+    def tta_scales(self) -> tuple[float, ...]:
+        """The configured test-time scales that the scale policy keeps for this method's network
+        (scale 0.5 is dropped on 96 px images: its maps would be 6 cells wide)."""
+        return self.scale_policy().scales(self.config.scales, self.method.backbone.output_stride)
+
     def dataset(self, split: str, train: bool = False) -> VOCDataset:
         """The split with training augmentation (`train=True`) or plain, with masks when evaluating."""
         key = (split, train)
@@ -273,7 +287,8 @@ class Experiment:
         if self._method is None:
             c = self.config
             torch.manual_seed(c.train.seed)
-            self._method = build_method(c.method, len(self.class_names), c.backbone, c.pretrained, **c.method_options)
+            self._method = build_method(c.method, len(self.class_names), c.backbone, c.pretrained,
+                                        scale=self.scale_policy(), **c.method_options)
         return self._method
 
     # ------------------------------------------------------------------ stages
@@ -361,13 +376,13 @@ class Experiment:
                 **json.loads(json.dumps(settings, default=str))}
 
     def class_maps_key(self, split: str) -> dict[str, Any]:
-        return self.stage_key("class_maps", split, scales=list(self.config.scales), flip=self.config.flip)
+        return self.stage_key("class_maps", split, scales=list(self.tta_scales()), flip=self.config.flip)
 
     def class_maps(self, split: str | None = None) -> Path:
         split = split or self.config.eval_split
         ds = self.dataset(split)
         return cached_folder(self.run_dir / "cams" / split, self.class_maps_key(split), lambda out: infer_class_maps(
-            self.trained_method().class_maps, ds, out, scales=self.config.scales, flip=self.config.flip,
+            self.trained_method().class_maps, ds, out, scales=self.tta_scales(), flip=self.config.flip,
             device=self.device, progress=self.progress), f"class maps of {split}")
 
     def sweep(self, split: str | None = None) -> dict[str, Any]:
@@ -435,7 +450,7 @@ class Experiment:
     def provenance(self, split: str, bg_threshold: float | None, crf: bool) -> dict[str, Any]:
         c = self.config
         return {"method": c.method, "backbone": c.backbone, "preset": c.preset, "split": split,
-                "bg_threshold": bg_threshold, "crf": crf, "scales": list(c.scales), "flip": c.flip,
+                "bg_threshold": bg_threshold, "crf": crf, "scales": list(self.tta_scales()), "flip": c.flip,
                 "seed": c.train.seed, "data": portable(self.data_root), "config_hash": c.config_hash(),
                 "config_file": portable(self.run_dir / "config.json"), "code_version": code_version()}
 

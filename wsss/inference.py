@@ -21,26 +21,12 @@ from wsss.io import save_npz
 
 MapFn = Callable[[torch.Tensor], torch.Tensor]
 
-# Below this image size (SynthVOC's 96 px) dense heads lose small objects at scale 0.5 and their
-# test-time augmentation stays at scale 1 (`head_scales`); the paper settings hold above it.
-SMALL_IMAGE = 320
-
 # Bound on one image's pixels at its largest test-time scale, so that a huge input fails at once
 # with its name instead of exhausting memory mid-run: 4096 x 4096, i.e. a 2048 x 2048 image at
 # scale 2 passes, a 4000 x 3000 photo at scale 2 (48 M pixels, twice that with flip) does not.
 # `infer_class_maps(max_pixels=...)` or the environment variable below overrides it.
 MAX_SCALED_PIXELS = 4096 * 4096
 MAX_PIXELS_ENV = "WSSS_MAX_INFER_PIXELS"
-
-
-def head_scales(scales: Sequence[float], image_size: int | None) -> tuple[float, ...]:
-    """Test-time scales of a segmentation head's maps on images of `image_size` px: `scales` from
-    SMALL_IMAGE up (or size unknown), scale 1 alone below. Measured on SynthVOC quick val: the
-    shape-cues decoder scores 41.3 mIoU at scale 1 + flip and 38.2 over scales 1, 0.5, 1.5, 2;
-    SANCE's segmentation map likewise (55.5 vs 49.9 after the walk)."""
-    if image_size is None or image_size >= SMALL_IMAGE:
-        return tuple(scales)
-    return (1.0,)
 
 
 def scales_tag(scales: Sequence[float], flip: bool) -> str:
@@ -53,13 +39,16 @@ def multiscale_maps(map_fn: MapFn, images: torch.Tensor, scales: Sequence[float]
                     flip: bool = True) -> torch.Tensor:
     """Sum over scales (and flips) of `map_fn(images)` brought to the input size: (B, K, H, W).
 
-    Each scale's input is `round(size * scale)` px; its maps go back to the image grid with
-    `to_image_grid`, a flipped pass flipped back after that (its padding lies on the other side)."""
+    Each scale's input is `round(size * scale)` px, resized with antialiasing when it shrinks (as
+    IRNet's PIL resize does; plain bilinear would alias thin structures); its maps go back to the
+    image grid with `to_image_grid`, a flipped pass flipped back after that (its padding lies on
+    the other side). Which scales suit the image size is the scale policy's call (`wsss.scale`)."""
     size = tuple(images.shape[-2:])
     total = None
     for s in scales:
         scaled = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
-        x = images if scaled == size else F.interpolate(images, size=scaled, mode="bilinear", align_corners=False)
+        x = images if scaled == size else F.interpolate(images, size=scaled, mode="bilinear", align_corners=False,
+                                                        antialias=s < 1.0)
         if flip:
             x = torch.cat([x, x.flip(-1)])
         maps = to_image_grid(map_fn(x).float(), scaled, size)

@@ -11,14 +11,14 @@
 #
 # - an auxiliary **segmentation branch** (ASPP) on the shared backbone, trained on the seeds;
 # - **online labels**: the segmentation map propagated inside the contours (Eq. 6, delta=3, n=10,
-#   t=8), absent classes zeroed, a constant background score, argmax (Eq. 7), which supervise both
+#   t=8; the scale policy keeps the walk's reach: 1 step on 96 px images' 24-cell maps), absent classes zeroed, a constant background score, argmax (Eq. 7), which supervise both
 #   branches; the **label refine module** (Eq. 8) lets a dense CRF of the segmentation map decide
 #   background for the contour branch's online label (SANCE-naive: no refinement);
 # - final pseudo labels from the segmentation map propagated with the contour map (delta=5, n=10,
-#   t=8), multi-scale test-time augmentation (TTA). On images below 320 px (SynthVOC's 96 px) the
-#   contours come from 2x upsampled input, the maps live at 1/2 resolution and the walk's steps
-#   are scaled to the map size (`PseudoLabelParams.for_source`); the paper's 1/4-resolution walk
-#   of 256 steps floods 24-cell maps.
+#   t=8), multi-scale test-time augmentation (TTA). Sizes go through the scale policy
+#   (`wsss.scale`): on SynthVOC's 96 px images the walk's map keeps 48 cells (1/2 resolution, the
+#   contours from 2x upsampled input), its steps keep the paper's reach (t = 5) and scale 0.5 is
+#   dropped; the paper's 1/4-resolution walk of 256 steps floods 24-cell maps.
 #
 # Paper, PASCAL VOC 2012 (Table 1, pseudo-label mIoU on *train*): baseline 66.6, SANCE-naive 69.9
 # (CAM map) / 74.6 (seg map, stride 8), SANCE 75.7, SANCE+TTA 76.9. Contour F-measure on SBD val
@@ -66,7 +66,6 @@ runs = {"baseline": experiment("irn_contour", **ablation),
             "SANCE-naive": experiment("sance", refine=None, **ablation)} if ablations else {}),
         "SANCE": experiment("sance", **ablation)}
 split = main.config.eval_split
-size = main.crop_size()  # picks the paper's walk or its small-image adaptation
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
             f"{ablation_split or main.config.train_split}")
 print("CAM run:", cam.run_dir.name)
@@ -116,10 +115,10 @@ viz.save_figure(viz.titled_grid(grid, class_names=ds.class_names, score_bar=True
 # chosen on the train split, as for the CAM rows; `oracle mIoU` is val's own best, for reference.
 
 # %%
-maps = {"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_source("cam", size)),
-        **({"SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size))}
+maps = {"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_run(runs["baseline"], "cam")),
+        **({"SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "seg"))}
            if ablations else {}),
-        "SANCE: seg walk": (runs["SANCE"], PseudoLabelParams.for_source("seg", size))}
+        "SANCE: seg walk": (runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg"))}
 label_dirs = {name: propagated_pseudo_labels(exp, split, params) for name, (exp, params) in maps.items()}
 cam_dir = cam.class_maps(split)
 grid = []
@@ -168,22 +167,22 @@ table1 = [  # variant, stage, scores, the run whose contours made them
     ("CAM", "cam", cam.evaluate(split), None),
     ("CAM + CRF", "cam", cam.evaluate(split, crf=True), None),
     (f"baseline, CAM map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_source("cam", size)), "baseline"),
+     pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_run(runs["baseline"], "cam")), "baseline"),
     *([(f"baseline (tuned backbone), CAM map ({schedule})", "pseudo",
-        pseudo_label_scores(runs["baseline (tuned backbone)"], PseudoLabelParams.for_source("cam", size)),
+        pseudo_label_scores(runs["baseline (tuned backbone)"], PseudoLabelParams.for_run(runs["baseline (tuned backbone)"], "cam")),
         "baseline (tuned backbone)"),
        (f"SANCE-naive, CAM map ({schedule})", "pseudo",
-        pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("cam", size)), "SANCE-naive"),
+        pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "cam")), "SANCE-naive"),
        (f"SANCE-naive, seg map ({schedule})", "pseudo",
-        pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_source("seg", size, tta=False)),
+        pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "seg", tta=False)),
         "SANCE-naive")] if ablations else []),
     (f"SANCE, seg map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", size, tta=False)), "SANCE"),
-    (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_source("seg", size)),
+     pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg", tta=False)), "SANCE"),
+    (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg")),
      "SANCE"),
 ]
 if main_run:  # the method's own pseudo labels (its `pseudo_labels` hook), full recipe
-    table1.append(("SANCE + TTA", "pseudo", pseudo_label_scores(main, PseudoLabelParams.for_source("seg", size)),
+    table1.append(("SANCE + TTA", "pseudo", pseudo_label_scores(main, PseudoLabelParams.for_run(main, "seg")),
                    "SANCE (main)"))
 rows = [report.make_row(scores, variant=variant, stage=stage, part_classes=part,
                         **({"contour_f": contour[run]["ods_f"]} if run else {}))
@@ -205,7 +204,7 @@ report.record([r for r in rows if r["method"] != "cam"]);
 # contours.
 
 # %%
-walk_scales = PseudoLabelParams.for_source("seg", size, tta=False).contour_scales  # None: the maps' own scale
+walk_scales = PseudoLabelParams.for_run(main, "seg", tta=False).contour_scales  # None: the maps' own scale
 shares = ("ods_f", "ois_f", "share_inside", "share_inside_beyond_4px", "share_inside_beyond_8px", "share_boundary",
           "share_background")
 contour_rows = [{"setting": name, **{k: c[k] for k in shares}} for name, c in contour.items()]

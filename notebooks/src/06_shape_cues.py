@@ -8,16 +8,19 @@
 #   background score of 1, and normalized global weighted pooling (Eq. 1) gives image scores for
 #   the classification loss over the object classes.
 # - **Shape cue module (SCM).** The self-information of every feature location is estimated with a
-#   Gaussian kernel density over 9 random neighbour patches within Manhattan radius 7
+#   Gaussian kernel density over 9 random neighbour patches within Manhattan radius 7 (2 on
+#   96 px images: sizes in cells go through the scale policy, `wsss.scale`)
 #   (bandwidth 1). Low-information (texture) locations are dropped with probability proportional
 #   to exp(-I / 0.5), and a conv turns the surviving, shape-biased features into cues for the decoder.
 # - **Semantics-augmented pixel refinement (SPR).** The decoder's probabilities are refined on the
 #   fly by local affinities that mix colour and class-score differences (alpha = 0.8; the constant
 #   background score leaves the background channel with colour alone), over 3x3
-#   windows dilated by 1, 2, 4, 8, 12 and 24, for 10 iterations. The result is cut into pseudo masks
+#   windows dilated by 1, 2, 4, 8, 12 and 24 (1, 2 and 5 on 96 px images' 24-cell maps), for 10
+#   iterations, with one sigma pooled over all dilations as in PAMR. The result is cut into pseudo masks
 #   (60% of each class's maximum, floor 0.2; unsure and conflicting pixels ignored).
 # - **Losses.** The pseudo masks supervise the decoder through a class-balanced cross-entropy and a
-#   region loss (KL divergence to agreeing neighbours, a hinge with margin 3 to disagreeing ones).
+#   region loss (KL divergence to agreeing neighbours, a hinge with margin 3 to disagreeing ones,
+#   radius 3; 1 on 96 px images).
 #   The region loss's weight is annealed from 0 to 1.
 #
 # Paper, PASCAL VOC 2012 val, WideResNet-38:
@@ -32,10 +35,9 @@
 # - the mask losses start after the first quarter of training (`mask_start`), so that the randomly
 #   initialized decoder first learns from image labels (SSSS, whose pipeline the paper follows,
 #   does the same);
-# - the image scores add SSSS's focal mask penalty to nGWP (`size_penalty`), which the paper takes
-#   from SSSS without restating. On SynthVOC it also pushes every run's masks over the context that
-#   comes with train and boat (rails, water); without it runs score higher on average but either
-#   lock onto that context or not, seed by seed (README, shape cues);
+# - SSSS's focal mask penalty, which the paper's Eq. 1 does not have, is off by default
+#   (`size_penalty=True` adds it to nGWP); with it every run locked its masks onto the context that
+#   comes with train and boat (rails, water);
 # - the paper's 10x learning-rate ratio between new modules and backbone is kept by slowing the
 #   backbone (0.1x) rather than speeding up the decoder, which under AdamW stays at the label prior.
 

@@ -44,7 +44,8 @@ def explain(model: ShapeCues, image: torch.Tensor, label: torch.Tensor) -> dict[
     present = present_with_background(label[None]).to(probs)[..., None, None]
     small = F.adaptive_avg_pool2d(x.float(), probs.shape[-2:])
     fg = probs * present
-    steps = propagate(fg, spr_affinity(small, model.semantic_maps(scores, probs), model.alpha))
+    dilations = model.spr_dilations
+    steps = propagate(fg, spr_affinity(small, model.semantic_maps(scores, probs), model.alpha, dilations), dilations)
     out["probs"] = probs[0].cpu().numpy()
     out["spr_steps"] = [s.masked_fill(present == 0, -1.0).argmax(dim=1)[0].cpu().numpy() for s in steps]
     out["pseudo"] = pseudo_mask(steps[-1])[0].cpu().numpy()

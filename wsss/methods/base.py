@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wsss.models.backbones import Backbone, build_backbone
+from wsss.scale import PAPER_SCALE, ScalePolicy
 
 Batch = dict[str, Any]
 
@@ -37,6 +38,10 @@ class RunView(Protocol):
     def dataset(self, split: str, train: bool = False) -> Any: ...
 
     def crop_size(self) -> int: ...
+
+    def tta_scales(self) -> tuple[float, ...]: ...
+
+    def scale_policy(self) -> ScalePolicy: ...
 
     def trained_method(self) -> "WSSSMethod": ...
 
@@ -87,10 +92,12 @@ class WSSSMethod(nn.Module):
     # classifier; the orchestrator loads it once before training (see `declare_backbone_init`).
     backbone_init: str | None = None
 
-    def __init__(self, num_classes: int, backbone: Backbone) -> None:
+    def __init__(self, num_classes: int, backbone: Backbone, *, scale: ScalePolicy = PAPER_SCALE) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.backbone = backbone
+        # Converts the paper's size-dependent settings (scales, radii, rates) to this data's images.
+        self.scale = scale
 
     def new_modules(self) -> list[nn.Module]:
         """Layers trained from scratch: they get the larger learning rate (IRNet's 10x)."""
@@ -196,9 +203,12 @@ def method_class(name: str) -> type[WSSSMethod]:
 
 
 def build_method(name: str, num_classes: int, backbone: str = "small", pretrained: str | None = None,
-                 backbone_options: dict[str, Any] | None = None, **options: Any) -> WSSSMethod:
-    """Instantiate a registered method on a named backbone; `options` are the method's own knobs."""
-    return method_class(name)(num_classes, build_backbone(backbone, pretrained, **(backbone_options or {})), **options)
+                 backbone_options: dict[str, Any] | None = None, scale: ScalePolicy = PAPER_SCALE,
+                 **options: Any) -> WSSSMethod:
+    """Instantiate a registered method on a named backbone for images of the size `scale` converts
+    to (default: the papers' VOC size); `options` are the method's own knobs."""
+    net = build_backbone(backbone, pretrained, **(backbone_options or {}))
+    return method_class(name)(num_classes, net, scale=scale, **options)
 
 
 def _import_all() -> None:

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from wsss.methods.base import Batch, WSSSMethod, cam_from_features, classification_loss, gap_cam_logits, register_method
 from wsss.models.backbones import Backbone
+from wsss.scale import PAPER_SCALE, ScalePolicy
 
 
 @register_method
@@ -17,8 +18,8 @@ class CAM(WSSSMethod):
     name = "cam"
     notebook = "01_cam_baseline"
 
-    def __init__(self, num_classes: int, backbone: Backbone) -> None:
-        super().__init__(num_classes, backbone)
+    def __init__(self, num_classes: int, backbone: Backbone, *, scale: ScalePolicy = PAPER_SCALE) -> None:
+        super().__init__(num_classes, backbone, scale=scale)
         self.classifier = nn.Conv2d(backbone.out_channels, num_classes, 1, bias=False)
 
     def new_modules(self) -> list[nn.Module]:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from wsss.methods.base import Batch, RunView, WSSSMethod, classification_loss, register_method
 from wsss.models.backbones import Backbone
+from wsss.scale import PAPER_SCALE, ScalePolicy
 from wsss.saliency import SOURCES, saliency_folder
 
 
@@ -106,8 +107,8 @@ class EPS(WSSSMethod):
     requires = ("saliency",)
 
     def __init__(self, num_classes: int, backbone: Backbone, tau: float = 0.4, lam: float = 0.5,
-                 saliency: str = "dataset") -> None:
-        super().__init__(num_classes, backbone)
+                 saliency: str = "dataset", scale: ScalePolicy = PAPER_SCALE) -> None:
+        super().__init__(num_classes, backbone, scale=scale)
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"lam must lie in [0, 1], got {lam}")
         if not 0.0 <= tau <= 1.0:

@@ -22,7 +22,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 class DeepLabV2ASPP(nn.Module):
     """DeepLab v2's atrous spatial pyramid pooling head: the sum of dilated 3x3 classifiers."""
 
-    def __init__(self, in_channels: int, num_outputs: int, rates: Sequence[int] = (1, 3, 6, 9)) -> None:
+    def __init__(self, in_channels: int, num_outputs: int, rates: Sequence[int]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(nn.Conv2d(in_channels, num_outputs, 3, padding=r, dilation=r) for r in rates)
         for conv in self.branches:

@@ -7,10 +7,10 @@ one softmax). The kernel of class c mixes colour and class-score differences:
 
     k^c(i, j) = -alpha |x_i - x_j| / (beta sigma_x) - (1 - alpha) |m^c_i - m^c_j| / (beta sigma_m^c)
 
-with sigma the standard deviation of the 3x3 window at that dilation and the colour term averaged
-over RGB. Eq. 5 scales the semantic term by a per-class sigma_s^c; the class map's standard
+with sigma the standard deviation over the 3x3 windows of all dilations together (PAMR pools one
+sigma over its whole neighbourhood) and the colour term averaged over RGB. Eq. 5 scales the semantic term by a per-class sigma_s^c; the class map's standard
 deviation over the image, tried as that reading, lowered the shape cues runs' mIoU
-(docs/findings.md), so both terms use the window's. The paper prints sigma^2 but equates alpha = 1
+(docs/findings.md), so both terms use the pooled local one. The paper prints sigma^2 but equates alpha = 1
 with PAMR (SSSS's refinement), whose kernel is |dx| / (0.1 sigma); we use PAMR's scaling
 (beta = 0.1), so alpha = 1 is exactly PAMR. The semantic term compares the class scores s of
 Eq. 5 (`scores`; by default the maps m being refined). Shape cues passes its decoder's scores,
@@ -51,14 +51,13 @@ _NEIGHBOURS = [k for k in range(9) if k != 4]
 
 def local_differences(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> torch.Tensor:
     """|x_i - x_j| / sigma for the 8 neighbours j of every dilation: (B, C, 8 * len(dilations), H, W),
-    sigma the standard deviation of i's window at that dilation (PAMR)."""
-    out = []
-    for d in dilations:
-        win = _windows(x, d)
-        # Unbiased std written out: Tensor.std over a middle dimension is ~10x slower on CPU.
-        std = (win - win.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(8).sqrt()
-        out.append((win[:, :, _NEIGHBOURS] - x[:, :, None]).abs() / (std + 1e-8))
-    return torch.cat(out, dim=2)
+    sigma the standard deviation of i's windows of all dilations together (PAMR's LocalStDev)."""
+    wins = torch.cat([_windows(x, d) for d in dilations], dim=2)
+    # Unbiased std written out: Tensor.std over a middle dimension is ~10x slower on CPU.
+    n = wins.shape[2]
+    std = (wins - wins.mean(dim=2, keepdim=True)).pow(2).sum(dim=2, keepdim=True).div(n - 1).sqrt()
+    neighbours = wins.view(*wins.shape[:2], len(dilations), 9, *wins.shape[-2:])[:, :, :, _NEIGHBOURS]
+    return (neighbours.flatten(2, 3) - x[:, :, None]).abs() / (std + 1e-8)
 
 
 def local_neighbours(x: torch.Tensor, dilations: Sequence[int] = DILATIONS) -> torch.Tensor:

@@ -42,6 +42,7 @@ from wsss.inference import multiscale_maps
 from wsss.io import IGNORE_INDEX, save_label_png, write_json
 from wsss.methods.base import Batch, WSSSMethod
 from wsss.models.backbones import build_backbone, load_pretrained, weights_digest
+from wsss.scale import PAPER_SCALE, ScalePolicy
 from wsss.models.heads import DeepLabV3PlusHead, deeplabv3_head
 from wsss.paths import portable, runs_dir
 from wsss.refine.crf import CRFParams, dense_crf
@@ -63,6 +64,13 @@ SEG_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+ASPP_RATES: tuple[int, ...] = (6, 12, 18)  # DeepLabV3's, at output stride 16
+PAPER_OUTPUT_STRIDE = 16
+SMALL_STRIDE = 8  # the small backbone's output stride
+# Raised when a code change alters what the network trains (1: ASPP rates from the scale policy).
+NET_REVISION = 1
+
+
 class SegmentationNet(WSSSMethod):
     """A segmentation network as a `WSSSMethod`, so the shared training loop trains it.
 
@@ -74,8 +82,10 @@ class SegmentationNet(WSSSMethod):
     name = "segmentation"
 
     def __init__(self, num_classes: int, model: str = "small_deeplabv3plus", pretrained: str | os.PathLike | None = None,
-                 atrous_rates: tuple[int, ...] | None = None) -> None:
-        rates = atrous_rates or (2, 4, 6)  # 12x12 features at 96 px: VOC's (12, 24, 36) would see padding
+                 atrous_rates: tuple[int, ...] | None = None, scale: ScalePolicy = PAPER_SCALE) -> None:
+        # DeepLabV3's rates at output stride 16, converted by the scale policy for the small
+        # backbone's maps ((2, 5, 7) on 96 px images); torchvision's ResNet-50 keeps its own.
+        rates = atrous_rates or scale.sizes(ASPP_RATES, SMALL_STRIDE, PAPER_OUTPUT_STRIDE)
         if model == "small_deeplabv3plus":
             backbone = build_backbone("small", pretrained)
             head: nn.Module = DeepLabV3PlusHead(backbone.out_channels, backbone.channels[0], num_classes + 1, rates)
@@ -90,7 +100,7 @@ class SegmentationNet(WSSSMethod):
             backbone, head = net.backbone, net.classifier
         else:
             raise ValueError(f"unknown segmentation model {model!r}; available: {MODELS}")
-        super().__init__(num_classes, backbone)
+        super().__init__(num_classes, backbone, scale=scale)
         self.model = model
         self.head = head
 
@@ -201,6 +211,7 @@ class FinalStage:
 
     def config_hash(self) -> str:
         key = {"source": {k: v for k, v in self.source.items() if k != "run"}, "seg": self.config.to_dict(),
+               "revision": NET_REVISION,
                "data": portable(self.experiment.data_root), "train_split": self.experiment.config.train_split}
         digest = weights_digest(self.config.pretrained)
         if digest:
@@ -220,7 +231,7 @@ class FinalStage:
         `pseudo_*` keys say which pseudo masks (run, threshold) it learned from."""
         exp = self.experiment
         pseudo_thr = threshold_of_masks(self.masks) if self.source["kind"] != GROUND_TRUTH else None
-        return {**exp.provenance(split, pseudo_thr, crf), "scales": list(self.config.scales), "flip": self.config.flip,
+        return {**exp.provenance(split, pseudo_thr, crf), "scales": list(self.tta_scales()), "flip": self.config.flip,
                 "seed": self.config.train.seed, "config_hash": self.config_hash(),
                 "config_file": portable(self.run_dir / "config.json"), "code_version": code_version(),
                 "backbone": self.config.model, "pseudo_source": self.source.get("masks"),
@@ -241,12 +252,17 @@ class FinalStage:
     def net(self) -> SegmentationNet:
         if self._net is None:
             torch.manual_seed(self.config.train.seed)
-            self._net = SegmentationNet(len(self.experiment.class_names), self.config.model, self.config.pretrained)
+            self._net = SegmentationNet(len(self.experiment.class_names), self.config.model, self.config.pretrained,
+                                        scale=self.experiment.scale_policy())
         return self._net
 
     def train(self, resume: bool = True) -> TrainResult:
         cfg = replace(self.config.train, progress=self.progress and self.config.train.progress)
         return train(self.net, self.dataset(), cfg, self.run_dir, resume=resume)
+
+    def tta_scales(self) -> tuple[float, ...]:
+        """The configured inference scales the scale policy keeps for the network's coarsest map."""
+        return self.experiment.scale_policy().scales(self.config.scales, self.net.backbone.output_stride)
 
     def trained_net(self) -> SegmentationNet:
         if not (self.run_dir / "model.pt").is_file():
@@ -262,15 +278,15 @@ class FinalStage:
 
     def _predict_key(self, split: str, crf: bool) -> dict[str, Any]:
         self.trained_net()  # trains first when needed: the key names the model file
-        return self.experiment.stage_key("predict", split, model_dir=self.run_dir, scales=list(self.config.scales),
+        return self.experiment.stage_key("predict", split, model_dir=self.run_dir, scales=list(self.tta_scales()),
                                          flip=self.config.flip, crf=asdict(self.config.crf) if crf else None)
 
     def _write_predictions(self, split: str, crf: bool, out: Path) -> None:
         net, ds, device = self.trained_net(), self.experiment.dataset(split), self.experiment.device
+        scales = self.tta_scales()
         for i in tqdm(range(len(ds)), desc=f"segment {split}", disable=not self.progress, dynamic_ncols=True):
             sample = ds[i]
-            probs = multiscale_maps(net.class_maps, sample["image"][None].to(device), self.config.scales,
-                                    self.config.flip)[0]
+            probs = multiscale_maps(net.class_maps, sample["image"][None].to(device), scales, self.config.flip)[0]
             probs = (probs / probs.sum(dim=0, keepdim=True)).cpu().numpy()
             if crf:
                 probs = dense_crf(sample["image_uint8"].numpy(), probs, self.config.crf)

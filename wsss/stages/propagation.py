@@ -7,8 +7,8 @@ segmentation softmax if it has one) gives the contour map, averaged over scales 
 (`tta_maps`); the scores it propagates are the segmentation map ("seg") or the CAM run's class maps
 ("cam"). The propagated maps are written in the CAM npz format, so the shared background-threshold
 sweep and mask writer apply: the constant background score is the best of the train split's sweep,
-as for the CAM rows (the reported split's best is shown only as an oracle). Images below 320 px get a walk sized to their maps
-(`PseudoLabelParams.for_source`). Everything is cached in the run folder (`propagated/`,
+as for the CAM rows (the reported split's best is shown only as an oracle). The walk's resolution,
+steps and scales come from the scale policy (`PseudoLabelParams.for_source`). Everything is cached in the run folder (`propagated/`,
 `pseudo_labels/`).
 """
 from __future__ import annotations
@@ -25,15 +25,10 @@ import torch.nn.functional as F
 from wsss.progress import tqdm
 
 from wsss.cache import cached_folder, cached_json, digest
-from wsss.inference import SMALL_IMAGE, head_scales, load_cam, multiscale_maps, save_cam, size_grouped_batches
+from wsss.inference import load_cam, multiscale_maps, save_cam, size_grouped_batches
 from wsss.methods.base import RunView, WSSSMethod
 from wsss.refine.random_walk import Propagation, walk_present
-
-
-def walk_steps_for(cells: int, radius: float) -> int:
-    """log2 of the walk steps that spread a score as far, relative to the map, as IRNet's 2**8 steps
-    of radius 5 on 128-cell maps (a diffusion reach of radius * sqrt(steps) = 80 cells, 62.5%)."""
-    return max(1, round(math.log2((0.625 * cells / radius) ** 2)))
+from wsss.scale import PAPER_SCALE, ScalePolicy
 
 
 @dataclass(frozen=True)
@@ -67,30 +62,35 @@ class PseudoLabelParams:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
 
     @classmethod
-    def for_source(cls, source: str, image_size: int | None = None, tta: bool | None = None,
-                   **overrides: Any) -> "PseudoLabelParams":
-        """Defaults per source; `tta` (None: on for "seg", off for "cam", as the paper's baseline
-        refines the CAM with single-scale contours) averages several scales. Flips are averaged
-        either way: IRNet's `make_sem_seg_labels` averages the edge map of the image and of its flip.
+    def for_source(cls, source: str, scale: ScalePolicy = PAPER_SCALE, coarsest_stride: int = 16,
+                   tta: bool | None = None, **overrides: Any) -> "PseudoLabelParams":
+        """Defaults per source, converted by the scale policy for a network whose coarsest map has
+        `coarsest_stride`; `tta` (None: on for "seg", off for "cam", as the paper's baseline refines
+        the CAM with single-scale contours) averages several scales. Flips are averaged either way:
+        IRNet's `make_sem_seg_labels` averages the edge map of the image and of its flip.
 
-        Images of at least SMALL_IMAGE px (or `image_size` None) get the paper's settings: maps at
-        1/4 resolution, TTA over scales 1, 0.5, 1.5, 2. Smaller images keep delta = 5 and n = 10 but
-        the contour branch runs on 2x upsampled input (1.5x and 2x with TTA), all maps live at 1/2
-        resolution (48 cells for 96 px) and the walk's steps are scaled to the map size
-        (`walk_steps_for`: t = 5 at 48 cells). The segmentation map stays at the scale it was
-        trained on (scale 0.5 would shrink 96 px objects to a few cells). Measured on SynthVOC quick
-        val, SANCE seg map (contour loss still tuning the backbone then): the paper's settings gave
-        17.6 mIoU, the adapted ones 55.8 (the map without any walk: 52.7)."""
+        At VOC size these are the paper's settings: maps at 1/4 resolution, t = 8 squarings, TTA
+        over scales 1, 0.5, 1.5, 2. On smaller images the policy keeps the walk's map at least
+        MIN_WALK_CELLS long (1/2 resolution, 48 cells, for 96 px), scales its steps to keep the
+        paper's reach (t = 5 there) and drops the scales whose maps are too coarse (0.5). The contour
+        branch (stride 4) then runs on input upsampled to the walk's resolution (2x; 1.5x and 2x with
+        TTA) so that its map is computed, not interpolated, at the walk's cells. Measured on SynthVOC
+        quick val, SANCE seg map: the paper's settings unconverted gave 17.6 mIoU, these 55.8."""
         tta = source == "seg" if tta is None else tta
-        scales = head_scales((1.0, 0.5, 1.5, 2.0), image_size) if tta else (1.0,)
-        if image_size is None or image_size >= SMALL_IMAGE:
-            base = cls(source=source, scales=scales, flip=True)
-        else:
-            stride = 2
-            base = cls(source=source, scales=scales, flip=True, stride=stride,
-                       contour_scales=(1.5, 2.0) if tta else (2.0,),
-                       steps=walk_steps_for(math.ceil(image_size / stride), cls.radius))
+        paper = cls(source=source)
+        stride = scale.walk_stride(paper.stride)
+        up = paper.stride / stride
+        base = replace(paper, scales=scale.scales(paper.scales, coarsest_stride) if tta else (1.0,), stride=stride,
+                       steps=scale.walk_log2_steps(paper.steps, stride, paper.stride),
+                       contour_scales=None if up == 1 else ((0.75 * up, up) if tta else (up,)))
         return replace(base, **overrides)
+
+    @classmethod
+    def for_run(cls, experiment: RunView, source: str, tta: bool | None = None,
+                **overrides: Any) -> "PseudoLabelParams":
+        """`for_source` for the images and network of a contour run."""
+        return cls.for_source(source, experiment.scale_policy(), experiment.method.backbone.output_stride, tta,
+                              **overrides)
 
     def tag(self) -> str:
         d = asdict(self)
