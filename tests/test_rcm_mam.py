@@ -276,3 +276,25 @@ def test_quick_recipe_is_shortened_for_rcm_mam_only_and_explicit_epochs_win() ->
     assert ExperimentConfig.for_preset("quick", method="rcm_mam").train.epochs == 3
     assert ExperimentConfig.for_preset("quick", method="cam").train.epochs == 8
     assert ExperimentConfig.for_preset("quick", method="rcm_mam", epochs=5).train.epochs == 5
+
+
+def test_pseudo_labels_are_the_random_walk_of_its_own_class_maps(tiny_root: Path) -> None:
+    """Sec. 4.4: RCM + MAM's pseudo labels propagate its class maps along the contours of a contour
+    run seeded by those maps, not by the CAM baseline's."""
+    from dataclasses import asdict
+
+    from wsss.experiment import Experiment, ExperimentConfig
+    from wsss.train import RESULT_NEUTRAL_KEYS
+
+    cfg = ExperimentConfig.for_preset("tiny", method="rcm_mam", data_root=str(tiny_root), max_steps=2)
+    exp = Experiment(cfg, progress=False)
+    exp.train()
+    masks = exp.final_pseudo_masks("val")
+    own = {k: v for k, v in asdict(cfg.train).items() if k not in RESULT_NEUTRAL_KEYS}
+    walk = exp.related_run("irn_contour", cam_method="rcm_mam", cam_options=own)
+    assert walk.method.seed_run(walk).run_dir == exp.run_dir  # seeded by this very run
+    assert masks.is_relative_to(walk.run_dir) and len(list(masks.glob("*.png"))) == len(exp.dataset("val"))
+    assert 0 <= exp.evaluate_masks(masks, "val")["miou"] <= 1
+    plain = Experiment(ExperimentConfig.for_preset("tiny", method="rcm_mam", data_root=str(tiny_root), max_steps=2,
+                                                   method_options={"random_walk": False}), progress=False)
+    assert plain.method.pseudo_labels(plain, "val") is None  # the thresholded class maps

@@ -34,7 +34,8 @@ from wsss.models.backbones import weights_digest
 from wsss.stages.pseudo_masks import write_pseudo_masks
 from wsss.refine.crf import CRFParams
 from wsss.scale import PAPER_SCALE, ScalePolicy
-from wsss.train import TrainConfig, TrainResult, device_named, load_model, split_train_overrides, train
+from wsss.train import (RESULT_NEUTRAL_KEYS, TrainConfig, TrainResult, device_named, load_model, split_train_overrides,
+                        train)
 
 # Training recipes per SynthVOC preset, sized for the machine each preset targets.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -136,7 +137,7 @@ def config_hash(config: dict[str, Any]) -> str:
     d = json.loads(json.dumps(config))
     for k in ("run_root", "name", "config_hash"):
         d.pop(k, None)
-    for k in ("progress", "num_workers", "ckpt_every", "log_every"):
+    for k in RESULT_NEUTRAL_KEYS:
         d["train"].pop(k, None)
     defaults = method_defaults(d["method"])
     d["method_options"] = {k: v for k, v in d["method_options"].items() if k not in defaults or v != defaults[k]}
@@ -296,10 +297,17 @@ class Experiment:
     def cam_run(self) -> "Experiment":
         """The CAM baseline run a method builds on: method "cam" on the same data, preset, backbone
         and seed with the preset's recipe (the run notebook 01 trains)."""
+        return self.related_run("cam")
+
+    def related_run(self, method: str, **options: Any) -> "Experiment":
+        """The run of `method` on the same data, preset, backbone and seed, with the preset's recipe;
+        `options` are its method options and training overrides (e.g. epochs)."""
         c = self.config
-        cfg = ExperimentConfig.for_preset(c.preset, method="cam", data_root=c.data_root, data_seed=c.data_seed,
-                                          backbone=c.backbone, pretrained=c.pretrained, crop_size=c.crop_size,
-                                          seed=c.train.seed, run_root=c.run_root)
+        train_over, method_options = split_train_overrides({"seed": c.train.seed, **options})
+        cfg = ExperimentConfig.for_preset(c.preset, method=method, method_options=method_options,
+                                          data_root=c.data_root, data_seed=c.data_seed, backbone=c.backbone,
+                                          pretrained=c.pretrained, crop_size=c.crop_size, run_root=c.run_root,
+                                          **train_over)
         return Experiment(cfg, progress=self.progress)
 
     def train(self, resume: bool = True) -> TrainResult:

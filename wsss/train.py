@@ -41,6 +41,10 @@ LOG = "train_log.csv"
 SUMMARY = "train_summary.json"
 
 
+# TrainConfig fields that change no result (so no run's hash): progress output and checkpoint cadence.
+RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("progress", "num_workers", "ckpt_every", "log_every")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10

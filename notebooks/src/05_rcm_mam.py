@@ -4,7 +4,8 @@
 # Yoon, Kweon et al. (2022) train the CAM network (the *MainNet*) with two extra losses whose
 # targets come from a *SupportNet* of the same structure that only follows the MainNet by an
 # exponential moving average (alpha = 0.997). Both networks see the image at scales 0.5, 1.0 and
-# 2.0; a 1x1 feature head (D = 256) sits before the classifier.
+# 2.0 (the scale policy, `wsss.scale`, drops 0.5 on 96 px images, where its map would be 6 cells
+# wide); a 1x1 feature head (D = 256) sits before the classifier.
 #
 # - **Regional Contrastive Module (RCM)**, against *impreciseness*: the SupportNet's multi-scale
 #   CAM, thresholded at 0.20 and argmaxed over the present classes, gives class region masks
@@ -141,10 +142,10 @@ viz.save_figure(viz.titled_grid(grid, class_names=exp.class_names, score_bar=Tru
 # %% [markdown]
 # ## MAM: CAMs at each scale and their weights
 #
-# For each example, the MainNet CAM of one class at scales 0.5, 1.0 and 2.0 (resized to the middle
-# scale, max-normalized), the SupportNet CAMs at the same scales, and MAM's target per scale. The
-# title of each target gives its weights xi_ij over the SupportNet scales j = 0.5 / 1.0 / 2.0
-# (1 = the same map, 2 = orthogonal maps).
+# For each example, the MainNet CAM of one class at each of MAM's scales (resized to scale 1,
+# max-normalized), the SupportNet CAMs at the same scales, and MAM's target per scale. The title of
+# each target gives its weights xi_ij over the SupportNet scales j (1 = the same map, 2 =
+# orthogonal maps).
 
 # %%
 scale_names = [f"{s:g}" for s in model.scales]
@@ -198,3 +199,32 @@ print(viz.markdown_table(ablation, columns, percent=columns[5:]) if ablation els
 # %%
 if ablation:
     display(Markdown(viz.markdown_table(ablation, ["row", "train_s", "images_per_s"])))
+
+# %% [markdown]
+# ## Pseudo labels: the random walk (Sec. 4.4)
+#
+# The paper propagates its CAMs by a random walk before training the segmentation network (71.0
+# mIoU on VOC train). Here the walk is the workbench's shared one (IRNet's contours and
+# propagation, as in notebook 04): a contour run is seeded by the run's own class maps and
+# propagates them; its background score is chosen on train. These are the method's pseudo masks
+# (what 07_compare scores and the final network learns from). With `ablations`, the CAM baseline's
+# maps walked the same way give the reference.
+
+# %%
+walk_runs = {"RCM + MAM": exp, **({"CAM": baseline} if ablations else {})}
+walk_rows = []
+for name, run in walk_runs.items():
+    split = run.config.train_split
+    plain = run.evaluate_masks(run.pseudo_masks(split), split)
+    if run is exp:
+        walked = run.evaluate_masks(run.final_pseudo_masks(split), split)
+    else:  # the CAM run's maps through a contour run seeded by them, as RCM + MAM's are
+        contour = experiment("irn_contour", cam_options={"epochs": run.config.train.epochs})
+        walked = contour.evaluate_masks(contour.final_pseudo_masks(split), split)
+    walk_rows.append({"run": name, "thresholded class maps": plain["miou"], "random walk": walked["miou"],
+                      "Δ": walked["miou"] - plain["miou"]})
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(viz.markdown_table(walk_rows, ["run", "thresholded class maps", "random walk", "Δ"],
+                         percent=["thresholded class maps", "random walk", "Δ"]))

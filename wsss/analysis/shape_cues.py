@@ -1,9 +1,10 @@
 """Notebook 06's views of a shape cues run: what SCM and SPR do on one image, SPR's balance alpha
-swept with the network held fixed (the paper's Table 6), and the time of one online SPR step."""
+swept with the network held fixed (the paper's Table 6), the time of one online SPR step, and
+Table 5 over seeds."""
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -107,3 +108,38 @@ def spr_seconds_per_batch(model: ShapeCues, dataset, batch_size: int = 16, repea
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def table5_over_seeds(preset: str, seeds: Sequence[int], progress: bool = False,
+                      log: Callable[[str], None] = print, **settings: Any) -> list[dict[str, Any]]:
+    """Table 5 over seeds: each row's decoder masks on the evaluation split (mIoU, boundary IoU) per
+    seed, its means, and its paired difference to the baseline row with a 95% t-interval and a
+    verdict (`wsss.claims`). `settings` go to every run (e.g. data_root for another SynthVOC)."""
+    from wsss.claims import paired_interval, verdict
+    from wsss.experiment import experiment_factory
+
+    scores: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in ABLATION_ROWS}
+    for seed in seeds:
+        make = experiment_factory(preset, progress=progress, seed=seed, **settings)
+        for name, scm, spr in ABLATION_ROWS:
+            t = time.perf_counter()
+            run = make("shape_cues", scm=scm, spr=spr)
+            split = run.config.eval_split
+            s = run.evaluate_masks(run.final_pseudo_masks(split), split)
+            scores[name].append({k: float(s[k]) for k in ("miou", "boundary_iou")})
+            log(f"[table 5] seed {seed} {name}: mIoU {100 * s['miou']:.1f}, bIoU {100 * s['boundary_iou']:.1f} "
+                f"({time.perf_counter() - t:.0f} s)")
+    base = scores[ABLATION_ROWS[0][0]]
+    rows = []
+    for name, _, _ in ABLATION_ROWS:
+        row: dict[str, Any] = {"row": name, "seeds": len(scores[name])}
+        for metric in ("miou", "boundary_iou"):
+            values = [s[metric] for s in scores[name]]
+            row[metric] = sum(values) / len(values)
+            row[f"{metric}_per_seed"] = values
+            if name != ABLATION_ROWS[0][0]:
+                mean, low, high = paired_interval([v - b[metric] for v, b in zip(values, base)])
+                row.update({f"{metric}_diff": mean, f"{metric}_ci": (low, high),
+                            f"{metric}_verdict": verdict(low, high, True)})
+        rows.append(row)
+    return rows

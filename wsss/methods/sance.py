@@ -175,8 +175,12 @@ class _ContourMethod(WSSSMethod):
     def __init__(self, num_classes: int, backbone: Backbone, *, seed_fg: float | None = None,
                  seed_bg: float | None = None, loss_radius: float = 10.0, loss_power: float = 1.0,
                  contour_width: int = 32, backbone_init: str | None = "cam", detach_contour: bool = True,
+                 cam_method: str = "cam", cam_options: dict[str, Any] | None = None,
                  scale: ScalePolicy = PAPER_SCALE) -> None:
         super().__init__(num_classes, backbone, scale=scale)
+        # The run whose class maps give the seeds and, for source "cam", the scores the walk
+        # propagates: the CAM baseline, or another method's run (RCM + MAM's random walk).
+        self.cam_method, self.cam_options = cam_method, dict(cam_options or {})
         if backbone.strides[0] != 4:
             raise ValueError(f"the contour map lives at 1/4 resolution: the first backbone stage must have "
                              f"stride 4, not {backbone.strides[0]}")
@@ -189,6 +193,10 @@ class _ContourMethod(WSSSMethod):
         self.declare_backbone_init(backbone_init)
 
     # ------------------------------------------------------------------ stage 1
+
+    def seed_run(self, experiment: RunView) -> RunView:
+        """The run whose class maps seed the contours (and that source "cam" propagates)."""
+        return experiment.related_run(self.cam_method, **self.cam_options)
 
     def seed_thresholds(self, cam_exp: RunView) -> tuple[float, float]:
         """(fg, bg) of Eq. 1. Unset ones follow the CAM run's best background threshold t* (its
@@ -204,7 +212,7 @@ class _ContourMethod(WSSSMethod):
 
     def training_masks(self, experiment: RunView, split: str) -> dict[str, Path]:
         """The CAM seeds of `split` (`seed_mask` in batches), refined by IRNet's seed CRF."""
-        cam_exp = experiment.cam_run()
+        cam_exp = self.seed_run(experiment)
         return {"seed": write_cam_seeds(cam_exp, split, *self.seed_thresholds(cam_exp))}
 
     # ------------------------------------------------------------------ training pieces

@@ -119,15 +119,21 @@ def propagated_maps(experiment: RunView, split: str, params: PseudoLabelParams) 
 def propagation_key(experiment: RunView, split: str, params: PseudoLabelParams) -> dict[str, Any]:
     """The cache key of propagated maps: the run's model and data, the params, and the CAM run's
     class maps when they are the source."""
-    cam = digest(experiment.cam_run().class_maps_key(split)) if params.source == "cam" else None
+    cam = digest(_seed_run(experiment).class_maps_key(split)) if params.source == "cam" else None
     return experiment.stage_key("propagate", split, params=asdict(params), cam_maps=cam)
+
+
+def _seed_run(experiment: RunView) -> RunView:
+    """The run whose class maps a contour run propagates (source "cam"): the contour method's
+    `seed_run` (the CAM baseline unless it names another method)."""
+    return experiment.method.seed_run(experiment)  # type: ignore[attr-defined]
 
 
 @torch.no_grad()
 def _write_propagated_maps(experiment: RunView, split: str, params: PseudoLabelParams, out: Path) -> None:
     method, device = experiment.trained_method(), experiment.device
     ds = experiment.dataset(split)
-    cam_dir = experiment.cam_run().class_maps(split) if params.source == "cam" else None
+    cam_dir = _seed_run(experiment).class_maps(split) if params.source == "cam" else None
     walk = Propagation(params.radius, params.power, params.steps)
     bar = tqdm(total=len(ds), desc=f"random walk -> {out.name}", disable=not experiment.progress, dynamic_ncols=True)
     for group in size_grouped_batches(ds):
