@@ -242,21 +242,19 @@ class Experiment:
     def device(self) -> torch.device:
         return device_named(self.config.train.device)
 
-    def crop_size(self) -> int:
-        if self.config.crop_size:
-            return self.config.crop_size
+    def _synthvoc_image_size(self) -> int | None:
+        """The image size SynthVOC's meta.json records; None for real data."""
         meta = self.data_root / "meta.json"
-        if meta.is_file():
-            return int(json.loads(meta.read_text())["params"]["image_size"])
-        return 448
+        return int(json.loads(meta.read_text())["params"]["image_size"]) if meta.is_file() else None
+
+    def crop_size(self) -> int:
+        return self.config.crop_size or self._synthvoc_image_size() or 448
 
     def scale_policy(self) -> ScalePolicy:
         """How the papers' size-dependent settings convert to this data: SynthVOC's image size; the
         papers' own settings on real data (VOC-sized images)."""
-        meta = self.data_root / "meta.json"
-        if meta.is_file():
-            return ScalePolicy(int(json.loads(meta.read_text())["params"]["image_size"]))
-        return PAPER_SCALE
+        size = self._synthvoc_image_size()
+        return PAPER_SCALE if size is None else ScalePolicy(size)
 
     def tta_scales(self) -> tuple[float, ...]:
         """The configured test-time scales that the scale policy keeps for this method's network
