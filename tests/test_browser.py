@@ -76,9 +76,13 @@ def test_explorer_in_jupyterlab_redraws_the_mask_when_the_threshold_moves(tiny_r
 
             page.locator(".widget-slider .noUi-handle").first.focus()
             page.keyboard.press("End")  # threshold 1.0: every pixel background
+            # The picture and the caption are two widget updates that reach the page one after the other:
+            # wait for both rather than reading one the moment the other lands.
             page.wait_for_function("b => document.querySelector('.jupyter-widgets img').src !== b", arg=before,
                                    timeout=30_000)
-            assert "at threshold 1.00" in info.inner_text()
+            page.wait_for_function(
+                "() => document.querySelector('.widget-html-content').innerText.includes('at threshold 1.00')",
+                timeout=30_000)  # raises if the caption never follows the slider
 
             page.locator("select").filter(has_text="worst image mIoU first").select_option(label="worst image mIoU first")
             page.wait_for_function("() => [...document.querySelectorAll('option')].some(o => o.text.includes('mIoU'))",
