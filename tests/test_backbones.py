@@ -52,6 +52,13 @@ def test_small_backbone_loads_the_weights_of_an_earlier_run(tmp_path) -> None:
         build_backbone("small", pretrained=tmp_path / "model.pt", widths=(16, 32, 64, 64))
     with pytest.raises(ValueError, match="do not fit"):
         build_backbone("small", pretrained=tmp_path / "model.pt", blocks=(2, 2, 2, 2))
+    # Asked to, a deeper net takes the weights in each stage's first block and starts the rest fresh.
+    deep = build_backbone("small", pretrained=tmp_path / "model.pt", blocks=(2, 1, 2, 2), fresh_extra_blocks=True)
+    torch.testing.assert_close(deep.stages[0][0].conv1.weight, trained.backbone.stages[0].conv1.weight)
+    torch.testing.assert_close(deep.stages[1].conv1.weight, trained.backbone.stages[1].conv1.weight)
+    assert not torch.equal(deep.stages[3][1].conv1.weight, trained.backbone.stages[3].conv1.weight)
+    with pytest.raises(ValueError, match="do not fit"):  # still no other widths
+        build_backbone("small", pretrained=tmp_path / "model.pt", widths=(16, 32, 64, 64), fresh_extra_blocks=True)
     with pytest.raises(FileNotFoundError):
         build_backbone("small", pretrained=tmp_path / "missing.pt")
 

@@ -164,19 +164,40 @@ def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state["state_dict"] if isinstance(state, dict) and "state_dict" in state else state
 
 
-def load_small_weights(net: Backbone, path: str | os.PathLike) -> None:
+def load_small_weights(net: Backbone, path: str | os.PathLike, fresh_extra_blocks: bool = False) -> None:
     """Weights for the 'small' backbone, which has no ImageNet release: a file saved from an
-    earlier run, either a backbone state dict or a whole method's (its `backbone.*` entries)."""
+    earlier run, either a backbone state dict or a whole method's (its `backbone.*` entries).
+
+    `fresh_extra_blocks`: weights of a one-block-per-stage net fill the first block of each stage
+    of a deeper `net`; the blocks beyond start fresh (how the final network deepens the shipped
+    backbone). Without it a file must fit exactly."""
     state = _read_weights(path)
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    if fresh_extra_blocks:
+        state = {_first_block_name(net, k): v for k, v in state.items()}
     hint = f"weights {path} do not fit this 'small' backbone (saved with other widths or blocks?)"
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensor shapes differ
         raise ValueError(f"{hint}: {exc}") from exc
+    if fresh_extra_blocks:
+        missing = [k for k in missing if not _is_extra_block(k)]
     if missing or unexpected:
         raise ValueError(f"{hint}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _first_block_name(net: Backbone, key: str) -> str:
+    """`stages.i.<param>` of a one-block stage as the name of the first block of a deeper stage i."""
+    parts = key.split(".")
+    if parts[0] == "stages" and isinstance(net.stages[int(parts[1])], nn.Sequential) and not parts[2].isdigit():
+        return ".".join([*parts[:2], "0", *parts[2:]])
+    return key
+
+
+def _is_extra_block(key: str) -> bool:
+    parts = key.split(".")
+    return parts[0] == "stages" and parts[2].isdigit() and int(parts[2]) > 0
 
 
 _WEIGHT_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
@@ -213,10 +234,11 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     """Backbones by name: 'small' (CPU; from scratch, "synthvoc" for the shipped SynthVOC-pretrained
     weights, or a file saved by an earlier run), 'resnet18', 'resnet50', 'resnet101'."""
     if name == "small":
+        fresh_extra_blocks = bool(kwargs.pop("fresh_extra_blocks", False))
         net = small_backbone(**kwargs)  # type: ignore[arg-type]
         path = weights_file(pretrained)
         if path is not None:
-            load_small_weights(net, path)
+            load_small_weights(net, path, fresh_extra_blocks)
         return net
     pretrained = None if pretrained == "scratch" else pretrained
     arch, _, suffix = name.partition("-")
