@@ -325,3 +325,32 @@ def test_stale_temporary_files_are_removed_and_a_damaged_checkpoint_is_named(tin
     (run / MODEL).write_bytes(model[:100])
     with pytest.raises(DamagedFileError, match=rf"{MODEL} cannot be read"):
         load_model(build(tiny_root)[0], run)
+
+
+def test_presets_record_the_precision_they_train_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 autocast is chosen when the config is built (so the run's hash says which), only where it
+    is fast; the tests' preset stays fp32 on every CPU, and an explicit choice is kept."""
+    from wsss import experiment
+    from wsss.experiment import ExperimentConfig
+
+    for fast in (True, False):
+        monkeypatch.setattr(experiment, "fast_bf16", lambda device, fast=fast: fast)
+        quick = ExperimentConfig.for_preset("quick", device="cpu")
+        assert quick.train.amp is fast
+        assert ExperimentConfig.for_preset("tiny").train.amp is False
+        assert ExperimentConfig.for_preset("quick", amp=False).train.amp is False
+    fp32, bf16 = (ExperimentConfig.for_preset("quick", amp=amp) for amp in (False, True))
+    assert fp32.config_hash() != bf16.config_hash()
+
+
+def test_bf16_inference_returns_fp32_maps_close_to_fp32_ones() -> None:
+    from wsss.inference import in_bf16
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3, padding=1))
+    images = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        exact, fast = net(images), in_bf16(net, "cpu")(images)
+    assert fast.dtype == torch.float32
+    assert not torch.equal(fast, exact)  # it did run in bf16
+    assert torch.allclose(fast, exact, atol=0.05 * exact.abs().max().item())

@@ -153,11 +153,23 @@ def _is_out_of_memory(exc: RuntimeError) -> bool:
         s in text for s in ("out of memory", "not enough memory", "can't allocate memory"))
 
 
+def in_bf16(map_fn: MapFn, device: str | torch.device) -> MapFn:
+    """`map_fn` run under bf16 autocast on `device`, its maps returned in fp32 (a run trained with
+    `amp` is read in the precision it learnt in, at its speed)."""
+    device_type = torch.device(device).type
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return map_fn(images).float()
+    return run
+
+
 def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: str | os.PathLike, *,
                      scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
                      device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True,
-                     max_pixels: int | None = None) -> Path:
-    """Write `<out_dir>/<id>.npz` for every image of `dataset` (eval transform), skipping done ones.
+                     max_pixels: int | None = None, amp: bool = False) -> Path:
+    """Write `<out_dir>/<id>.npz` for every image of `dataset` (eval transform), skipping done ones;
+    `amp`: the network runs under bf16 autocast (`in_bf16`).
 
     Images of equal size are batched together (SynthVOC); differently sized ones (VOC) go one by one.
     An image larger than `max_pixels` at its largest scale (default `max_scaled_pixels()`) is an
@@ -166,6 +178,8 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     limit = max_scaled_pixels() if max_pixels is None else max_pixels
+    if amp:
+        map_fn = in_bf16(map_fn, device)
     todo = [i for i in range(len(dataset)) if not (out_dir / f"{dataset.ids[i]}.npz").is_file()]
     bar = tqdm(total=len(todo), desc=f"class maps -> {out_dir.name}", disable=not progress, dynamic_ncols=True)
     for group in size_grouped_batches(dataset, batch_size, todo):

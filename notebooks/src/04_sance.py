@@ -39,7 +39,7 @@ batch_size = None
 lr = None
 seed = 0
 main_run = True  # train the main SANCE run with the preset recipe, the row notebook 07 compares
-ablations = True  # also the baseline with a fine-tuned backbone and SANCE without refinement (Tables 1-2)
+ablations = True  # also the baseline with a fine-tuned backbone, SANCE without refinement and without TTA (Tables 1-2)
 ablation_epochs = None  # schedule of every Table 1 and 2 row, None for the preset recipe
 ablation_split = None  # images the Table 1 and 2 rows train on with image labels and CAM seeds only, None for train
 n_examples = 4
@@ -175,9 +175,10 @@ table1 = [  # variant, stage, scores, the run whose contours made them
         pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "cam")), "SANCE-naive"),
        (f"SANCE-naive, seg map ({schedule})", "pseudo",
         pseudo_label_scores(runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "seg", tta=False)),
-        "SANCE-naive")] if ablations else []),
-    (f"SANCE, seg map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg", tta=False)), "SANCE"),
+        "SANCE-naive"),
+       (f"SANCE, seg map ({schedule})", "pseudo",
+        pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg", tta=False)), "SANCE")]
+      if ablations else []),
     (f"SANCE + TTA ({schedule})", "pseudo", pseudo_label_scores(runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg")),
      "SANCE"),
 ]

@@ -3,10 +3,12 @@
     python -m wsss.benchmarks.train                       # every method on 'small' at 96 px
     python -m wsss.benchmarks.train --backbone resnet50 --size 128 --methods cam
     python -m wsss.benchmarks.train --device cuda --batch 16
+    python -m wsss.benchmarks.train --amp off --threads 1 2   # fp32, on one thread and on two
 
 Random inputs isolate the model's cost from data loading (SynthVOC batches are loaded from an
-in-memory cache in training, so the loop adds little). On CUDA it uses the training loop's
-settings: bf16 autocast and channels_last.
+in-memory cache in training, so the loop adds little). Precision as the training loop's default
+(`--amp auto`): bf16 autocast where `wsss.train.fast_bf16` says it is fast (CUDA, CPUs with AMX);
+channels_last on CUDA.
 """
 from __future__ import annotations
 
@@ -18,10 +20,11 @@ from contextlib import nullcontext
 import torch
 
 from wsss.methods.base import available_methods, build_method, method_class
+from wsss.train import fast_bf16
 
 
 def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, warmup: int, device: str,
-          num_classes: int = 8) -> dict[str, float]:
+          amp: bool, num_classes: int = 8) -> dict[str, float]:
     torch.manual_seed(0)
     method = build_method(method_name, num_classes, backbone).to(device)
     cuda = device.startswith("cuda")
@@ -39,7 +42,8 @@ def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, wa
     # Second stages (SANCE) also train on per-image label maps: random seeds, some ignored.
     seeds = torch.randint(0, num_classes + 1, (batch, size, size), device=device)
     b["seed_mask"] = torch.where(torch.rand(batch, size, size, device=device) < 0.3, 255, seeds)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    dev_type = torch.device(device).type
+    autocast = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if amp else nullcontext
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for i in range(warmup + steps):
@@ -69,14 +73,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 autocast: auto (where fast, as training), on, off (fp32)")
+    p.add_argument("--threads", type=int, nargs="*", default=None, help="CPU threads, one table each (default: torch's)")
     args = p.parse_args()
     methods = args.methods or [m for m in available_methods() if m != "segmentation"]
-    print(f"device {args.device}, backbone {args.backbone}, {args.size} px, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'method':<14}{'images/s':>10}{'s/step':>9}{'peak MB':>9}  (peak MB: process RSS on CPU)")
-    for name in methods:
-        r = bench(name, args.backbone, args.size, args.batch, args.steps, args.warmup, args.device)
-        print(f"{name:<14}{r['images_per_s']:>10.1f}{r['s_per_step']:>9.3f}{r['peak_mb']:>9.0f}", flush=True)
+    amp = fast_bf16(torch.device(args.device)) if args.amp == "auto" else args.amp == "on"
+    for threads in args.threads or [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        print(f"device {args.device}, backbone {args.backbone}, {args.size} px, batch {args.batch}, "
+              f"{'bf16' if amp else 'fp32'}, {threads} thread{'s' * (threads > 1)}")
+        print(f"{'method':<14}{'images/s':>10}{'s/step':>9}{'peak MB':>9}  (peak MB: process RSS on CPU)")
+        for name in methods:
+            r = bench(name, args.backbone, args.size, args.batch, args.steps, args.warmup, args.device, amp)
+            print(f"{name:<14}{r['images_per_s']:>10.1f}{r['s_per_step']:>9.3f}{r['peak_mb']:>9.0f}", flush=True)
 
 
 if __name__ == "__main__":

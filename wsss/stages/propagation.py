@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from wsss.progress import tqdm
 
 from wsss.cache import cached_folder, cached_json, digest
-from wsss.inference import load_cam, multiscale_maps, save_cam, size_grouped_batches
+from wsss.inference import in_bf16, load_cam, multiscale_maps, save_cam, size_grouped_batches
 from wsss.methods.base import RunView, WSSSMethod
 from wsss.refine.random_walk import Propagation, walk_present
 from wsss.scale import PAPER_SCALE, ScalePolicy
@@ -99,11 +99,11 @@ class PseudoLabelParams:
 
 @torch.no_grad()
 def tta_maps(method: WSSSMethod, images: torch.Tensor, scales: Sequence[float], flip: bool,
-             stride: int = 4) -> torch.Tensor:
+             stride: int = 4, amp: bool = False) -> torch.Tensor:
     """`method.maps` of a contour method (contour channel first) averaged over scales and flips, at
-    1/`stride` of the resolution of `images`."""
+    1/`stride` of the resolution of `images`; `amp`: the network runs under bf16 autocast."""
     size = (math.ceil(images.shape[-2] / stride), math.ceil(images.shape[-1] / stride))
-    total = multiscale_maps(method.maps, images, scales, flip)
+    total = multiscale_maps(in_bf16(method.maps, images.device) if amp else method.maps, images, scales, flip)
     return F.interpolate(total / (len(scales) * (2 if flip else 1)), size=size, mode="area")
 
 
@@ -132,6 +132,7 @@ def _seed_run(experiment: RunView) -> RunView:
 @torch.no_grad()
 def _write_propagated_maps(experiment: RunView, split: str, params: PseudoLabelParams, out: Path) -> None:
     method, device = experiment.trained_method(), experiment.device
+    amp = bool(experiment.config.train.amp)  # read in the precision the run trained in
     ds = experiment.dataset(split)
     cam_dir = _seed_run(experiment).class_maps(split) if params.source == "cam" else None
     walk = Propagation(params.radius, params.power, params.steps)
@@ -139,9 +140,9 @@ def _write_propagated_maps(experiment: RunView, split: str, params: PseudoLabelP
     for group in size_grouped_batches(ds):
         images = torch.stack([s["image"] for s in group]).to(device)
         labels = torch.stack([s["label"] for s in group]).to(device)
-        maps = tta_maps(method, images, params.scales, params.flip, params.stride)
+        maps = tta_maps(method, images, params.scales, params.flip, params.stride, amp)
         if params.contour_scales is not None:
-            maps[:, :1] = tta_maps(method, images, params.contour_scales, params.flip, params.stride)[:, :1]
+            maps[:, :1] = tta_maps(method, images, params.contour_scales, params.flip, params.stride, amp)[:, :1]
         if cam_dir is None:
             scores = maps[:, 2:]
         else:
