@@ -27,7 +27,8 @@ def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, wa
           amp: bool, num_classes: int = 8) -> dict[str, float]:
     torch.manual_seed(0)
     method = build_method(method_name, num_classes, backbone).to(device)
-    cuda = device.startswith("cuda")
+    dev_type = torch.device(device).type
+    cuda = dev_type == "cuda"
     if cuda:
         method = method.to(memory_format=torch.channels_last)
     method.train()
@@ -42,7 +43,6 @@ def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, wa
     # Second stages (SANCE) also train on per-image label maps: random seeds, some ignored.
     seeds = torch.randint(0, num_classes + 1, (batch, size, size), device=device)
     b["seed_mask"] = torch.where(torch.rand(batch, size, size, device=device) < 0.3, 255, seeds)
-    dev_type = torch.device(device).type
     autocast = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if amp else nullcontext
     if cuda:
         torch.cuda.reset_peak_memory_stats()
