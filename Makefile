@@ -17,6 +17,9 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@echo "[setup] installing the environment into $(VENV) (torch, torchvision, pydensecrf2, Jupyter, ...;"
 	@echo "[setup] 2-5 minutes the first time, most of it downloading and building wheels)"
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ ! -x $(BIN)/python ] && [ "$$free" -lt 7 ]; then \
+		echo "[setup] the environment takes about 6.3 GB (torch's CUDA build); $$free GB free here: free some space first" >&2; \
+		exit 1; fi
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --progress-bar off -e .

@@ -53,6 +53,24 @@ def test_a_claim_is_measured_over_seeds_and_written(tiny_root: Path, tmp_path: P
     assert (tmp_path / "claims.csv").is_file()
 
 
+def test_writing_a_subset_keeps_the_other_claims(tmp_path: Path) -> None:
+    """A study of some claims adds its rows to the table; it never drops the rows of others."""
+    def row(key: str, diff: float) -> dict:
+        claim = next(c for c in CLAIMS if c.key == key)
+        return {"claim": key, "paper": claim.paper, "text": claim.text, "metric": claim.metric, "better": "higher",
+                "method": "m", "baseline": "b", "paper_evidence": "e", "seeds": 5.0, "method_mean": 0.5,
+                "baseline_mean": 0.5 - diff, "diff_mean": diff, "ci_low": diff - 0.01, "ci_high": diff + 0.01,
+                "verdict": "reproduced", "preset": "quick", "precision": "bf16"}
+
+    write_claims([row("vwl_parts", 0.02)], tmp_path)
+    write_claims([row("eps_context", 0.03)], tmp_path)
+    write_claims([row("vwl_parts", 0.04)], tmp_path)
+    read = read_claims(tmp_path)
+    assert [r["claim"] for r in read] == ["eps_context", "vwl_parts"]  # the order of CLAIMS
+    assert [r["diff_mean"] for r in read] == pytest.approx([0.03, 0.04])
+    assert "| 5 | bf16 | reproduced |" in (tmp_path / "claims.md").read_text()
+
+
 @pytest.mark.slow
 def test_every_claim_yields_its_metric(tiny_root: Path, tmp_path: Path) -> None:
     """Each claim's two arms train and score at tiny (one step), and both carry the claim's metric."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wsss.io import write_text
+from wsss.io import exclusive, write_text
 from wsss.paths import reports_dir
 
 
@@ -147,29 +147,39 @@ def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: boo
             "baseline": claim.baseline.label(), "paper_evidence": claim.paper_evidence, "seeds": len(seeds),
             "method_mean": sum(method_vals) / len(method_vals), "baseline_mean": sum(base_vals) / len(base_vals),
             "diff_mean": mean, "ci_low": low, "ci_high": high,
-            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset}
+            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset,
+            "precision": "bf16" if run.config.train.amp else "fp32"}
 
 
 def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| paper | claim | metric | paper's VOC evidence | method | baseline | difference (95% CI), points | "
-             "seeds | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+             "seeds | precision | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ci = ("n/a" if math.isinf(r["ci_low"]) else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]")
         lines.append(f"| {r['paper']} | {r['text']} | {r['metric']} ({r['better']} is better) | "
                      f"{r['paper_evidence']} | {100 * r['method_mean']:.1f} | {100 * r['baseline_mean']:.1f} | "
-                     f"{100 * r['diff_mean']:+.2f} {ci} | {int(r['seeds'])} | {r['verdict']} |")
+                     f"{100 * r['diff_mean']:+.2f} {ci} | {int(r['seeds'])} | {r.get('precision') or 'not recorded'} | {r['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
 def write_claims(rows: Sequence[dict[str, Any]], folder: str | Path | None = None) -> Path:
-    """reports/claims.csv (every column) and reports/claims.md; returns the Markdown file."""
+    """reports/claims.csv (every column) and reports/claims.md; returns the Markdown file.
+
+    Rows of claims that `rows` does not measure are kept, so a study of a subset adds to the table
+    instead of replacing it; the table follows the order of CLAIMS."""
     folder = Path(folder) if folder else reports_dir()
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(folder / "claims.csv", buf.getvalue())
-    write_text(folder / "claims.md", claims_markdown(rows))
+    with exclusive(folder / ".claims.lock", "the claims table"):  # two studies side by side
+        by_key = {r["claim"]: r for r in read_claims(folder)}
+        by_key.update({r["claim"]: r for r in rows})
+        order = {c.key: i for i, c in enumerate(CLAIMS)}
+        rows = sorted(by_key.values(), key=lambda r: order.get(r["claim"], len(order)))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(folder / "claims.csv", buf.getvalue())
+        write_text(folder / "claims.md", claims_markdown(rows))
     return folder / "claims.md"
 
 
@@ -194,16 +204,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_study(preset: str, seeds: int, keys: Sequence[str] | None = None, progress: bool = False,
               **settings: Any) -> list[dict[str, Any]]:
-    """Every claim (or those named by `keys`) over seeds 0..seeds-1, written to reports/claims.*."""
+    """Every claim (or those named by `keys`) over seeds 0..seeds-1, added to reports/claims.* as
+    each claim completes (an interrupted study keeps the claims it finished)."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     unknown = sorted(set(keys or ()) - {c.key for c in CLAIMS})
     if unknown:
         raise ValueError(f"no claim {', '.join(unknown)}; claims: {', '.join(c.key for c in CLAIMS)}")
     chosen = [c for c in CLAIMS if keys is None or c.key in keys]
-    rows = [measure_claim(c, preset, range(seeds), progress=progress, **settings) for c in chosen]
+    rows = []
+    for claim in chosen:
+        rows.append(measure_claim(claim, preset, range(seeds), progress=progress, **settings))
+        written = write_claims(rows[-1:])
     print(claims_markdown(rows))
-    print(f"wrote {write_claims(rows)}")
+    print(f"wrote {written}")
     return rows
 
 
