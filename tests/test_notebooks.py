@@ -64,7 +64,10 @@ def test_notebook_runs_under_papermill(notebook: Path, tiny_root: Path, tmp_path
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert any(o.get("output_type") == "display_data" for c in nb.cells for o in c.get("outputs", [])), \
-        "the notebook shows no figure"
+        "the notebook shows nothing"
+    if "save_figure" in (SOURCES / f"{notebook.stem}.py").read_text():  # its figures are embedded, not only saved
+        assert any("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])), \
+            "the saved notebook holds none of its figures"
     bars = [o for c in nb.cells for o in c.get("outputs", []) if "application/vnd.jupyter.widget-view+json"
             in o.get("data", {}) and "%|" in str(o["data"].get("text/plain", ""))]
     assert not bars, "a headless run saves text progress, not widget bars a static viewer shows at 0%"

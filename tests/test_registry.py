@@ -37,6 +37,7 @@ def test_every_main_method_has_its_notebook_source_and_paper_numbers() -> None:
         assert paper_numbers(m) is not None, m
     assert demo_notebooks() == (DATASET_NOTEBOOK, "01_cam_baseline", "02_eps", "03_vwl", "04_sance",
                                 "05_rcm_mam", "06_shape_cues", COMPARE_NOTEBOOK)
+    assert demo_notebooks(full=True) == (*demo_notebooks(), "08_probes")  # the probe splits: full demo only
 
 
 def test_a_registered_method_joins_the_demo_and_the_comparison(toy: str) -> None:

@@ -155,6 +155,18 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def dataset_key(ds: VOCDataset) -> dict[str, str]:
+    """What outputs computed over `ds` depend on in its data: its exact ids and the files behind
+    them (images, masks, context masks, image labels, SynthVOC's meta.json)."""
+    lay = ds.layout
+    files = [lay.cls_labels, lay.root / "meta.json", lay.list_dir / f"{ds.split}.txt"]
+    files += [lay.image_dir / f"{i}.jpg" for i in ds.ids]
+    for folder in (lay.mask_dir, lay.root / "ContextMasks"):
+        if folder is not None and folder.is_dir():
+            files += [folder / f"{i}.png" for i in ds.ids]
+    return {"ids": digest(ds.ids), "files": files_fingerprint(files)}
+
+
 def experiment_factory(preset: str, progress: bool = True, **shared: Any) -> Callable[..., "Experiment"]:
     """What a notebook builds its runs with: `make(method, **kwargs)` is a run of `method` with the
     notebook's `shared` settings (data_root, backbone, pretrained, epochs, batch_size, lr, seed, ...).
@@ -364,14 +376,7 @@ class Experiment:
         """What a split's cached outputs depend on in the data: its exact ids and the files behind
         them (images, masks, context masks, image labels, SynthVOC's meta.json)."""
         if split not in self._data_keys:
-            ds = self.dataset(split)
-            lay = ds.layout
-            files = [lay.cls_labels, lay.root / "meta.json", lay.list_dir / f"{split}.txt"]
-            files += [lay.image_dir / f"{i}.jpg" for i in ds.ids]
-            for folder in (lay.mask_dir, lay.root / "ContextMasks"):
-                if folder is not None and folder.is_dir():
-                    files += [folder / f"{i}.png" for i in ds.ids]
-            self._data_keys[split] = {"ids": digest(ds.ids), "files": files_fingerprint(files)}
+            self._data_keys[split] = dataset_key(self.dataset(split))
         return self._data_keys[split]
 
     def stage_key(self, stage: str, split: str, model_dir: Path | None = None, **settings: Any) -> dict[str, Any]:

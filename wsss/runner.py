@@ -31,6 +31,9 @@ from wsss.progress import TEXT_ENV
 # The notebooks that are not a method's: the dataset first, the comparison last (it reads every
 # method's run).
 DATASET_NOTEBOOK, COMPARE_NOTEBOOK = "00_dataset", "07_compare"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# Run after the comparison by the full demo only: every main run scored on SynthVOC's probe splits.
+FULL_ONLY_NOTEBOOKS: tuple[str, ...] = ("08_probes",)
 # What the quick demo switches off, in every notebook that has the parameter: the ablations and
 # sweeps of the method notebooks, the final networks and their ground-truth reference in the
 # comparison. `wsss demo --full` runs them.
@@ -38,13 +41,13 @@ MAIN_ONLY: dict[str, Any] = {"ablations": False, "final_methods": [], "upper_bou
 FULL_DEMO_COMMAND = ".venv/bin/wsss demo --full --jobs 2"
 
 
-def demo_notebooks() -> tuple[str, ...]:
+def demo_notebooks(full: bool = False) -> tuple[str, ...]:
     """The demo's order: the dataset, each main method's notebook (from the method registry), the
-    comparison."""
+    comparison, and with `full` the analyses of the main runs (`FULL_ONLY_NOTEBOOKS`)."""
     from wsss.methods.base import main_methods, method_class
 
     methods = list(dict.fromkeys(method_class(m).notebook for m in main_methods()))
-    return (DATASET_NOTEBOOK, *methods, COMPARE_NOTEBOOK)
+    return (DATASET_NOTEBOOK, *methods, COMPARE_NOTEBOOK, *(FULL_ONLY_NOTEBOOKS if full else ()))
 
 
 def resolve_notebook(name: str | os.PathLike) -> Path:
@@ -135,7 +138,9 @@ def run_notebook(notebook: str | os.PathLike, parameters: dict[str, Any] | None 
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.stem}.", suffix=".running.ipynb")
     os.close(fd)
     try:
-        with _environment(**{TEXT_ENV: "1"}):  # the kernel inherits it: text bars in the saved outputs
+        # The kernel inherits both: text bars in the saved outputs, and figures embedded in the
+        # notebook (a MPLBACKEND=Agg of the caller's shell would leave the saved notebook without them).
+        with _environment(**{TEXT_ENV: "1", "MPLBACKEND": INLINE_BACKEND}):
             papermill.execute_notebook(str(source), tmp, parameters=parameters, kernel_name=kernel_name,
                                        cwd=str(project_root()), progress_bar=progress)
     except papermill.PapermillExecutionError as e:
@@ -191,7 +196,7 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, pr
     cores // jobs threads (notebooks that need the same run wait on its lock, see
     `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
     """
-    notebooks = notebooks or demo_notebooks()
+    notebooks = notebooks or demo_notebooks(full)
     out_dir = reports_dir() if full else demo_reports_dir()
     with _environment(WSSS_REPORTS=str(out_dir)):  # the notebooks' kernels inherit it
         return _demo(preset, notebooks, out_dir, progress, jobs, full, seeds)
@@ -217,7 +222,7 @@ def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool
         print(f"[demo] {name}: no such notebook yet, skipped")
     params = {n: {"preset": preset, **({} if full else demo_switches(resolve_notebook(n)))} for n in present}
     first = [n for n in present if n == DATASET_NOTEBOOK]
-    last = [n for n in present if n == COMPARE_NOTEBOOK]
+    last = [n for n in present if n in (COMPARE_NOTEBOOK, *FULL_ONLY_NOTEBOOKS)]
     middle = [n for n in present if n not in first + last]
     for name in first:
         timings[name] = _timed_notebook(name, params[name], out_dir, progress)
@@ -241,7 +246,8 @@ def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool
     if not full:
         skipped = sorted({k for n in present for k in params[n] if k != "preset"})
         print(f"[demo] skipped ({', '.join(f'{k}={v}' for k, v in MAIN_ONLY.items() if k in skipped)}): the "
-              f"ablations and sweeps, the final networks and the seeds of the claims study. All of them, into "
+              f"ablations and sweeps, the final networks, the seeds of the claims study and the probe splits "
+              f"({', '.join(FULL_ONLY_NOTEBOOKS)}). All of them, into "
               f"reports/ (hours on CPU): {FULL_DEMO_COMMAND}", flush=True)
     return timings
 

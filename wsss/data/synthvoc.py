@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -392,6 +392,32 @@ class SynthSample:
     saliency: np.ndarray  # (H, W) uint8
     context: np.ndarray  # (H, W) uint8: class index of the context region a pixel belongs to, else 0
     classes: np.ndarray  # (K,) float32 multi-hot of the classes present in `label`
+    parts: np.ndarray  # (H, W) bool: visible discriminative parts (horn, tail) of part-defined objects
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A conflict or intervention split (`PROBES`): how its images depart from the training
+    distribution. The first object's class cycles through `first`; the others are drawn from
+    `others`. `context`: "own" (as in training), "none" (never a context region), "swapped" (each
+    context object on the other's context: a train on water, a boat on rails) or "alone" (a context
+    region in every image, its object never present). `remove_part` cuts the horn or tail off every
+    part-defined object (its label stays)."""
+
+    first: tuple[str, ...]
+    others: tuple[str, ...]
+    context: str
+    remove_part: bool = False
+
+
+_PLAIN = tuple(c for c in CLASS_NAMES if c not in CONTEXT_OF)
+PROBES: dict[str, Probe] = {
+    "object_alone": Probe(tuple(CONTEXT_OF), CLASS_NAMES, "none"),
+    "swapped": Probe(tuple(CONTEXT_OF), _PLAIN, "swapped"),
+    "context_alone": Probe(_PLAIN, _PLAIN, "alone"),
+    "part_removed": Probe(PART_DEFINED, CLASS_NAMES, "own", remove_part=True),
+}
+SWAPPED_CONTEXT: dict[str, str] = {"train": "water", "boat": "rail"}
 
 
 @dataclass
@@ -402,6 +428,7 @@ class _Placed:
     cx: float
     cy: float
     with_context: bool
+    part: np.ndarray
 
 
 def _split_of(cfg: SynthConfig, index: int) -> tuple[str, int]:
@@ -414,10 +441,15 @@ def _split_of(cfg: SynthConfig, index: int) -> tuple[str, int]:
     raise IndexError(f"image index {index} out of range ({start} images)")
 
 
-def _place_objects(rng: np.random.Generator, cfg: SynthConfig, first_cls: int) -> list[_Placed]:
+def _place_objects(rng: np.random.Generator, cfg: SynthConfig, first_cls: int,
+                   probe: Probe | None = None) -> list[_Placed]:
     size = cfg.image_size
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    classes = [first_cls] + [int(c) for c in rng.integers(0, NUM_CLASSES, n - 1)]
+    if probe is None:
+        others = rng.integers(0, NUM_CLASSES, n - 1)
+    else:
+        others = rng.choice([CLASS_NAMES.index(c) for c in probe.others], n - 1)
+    classes = [first_cls] + [int(c) for c in others]
     placed: list[_Placed] = []
     owner = np.zeros((size, size), dtype=np.int16)  # 1 + index of the object that shows at a pixel
     log_lo, log_hi = math.log(cfg.min_object_scale), math.log(cfg.max_object_scale)
@@ -438,13 +470,15 @@ def _place_objects(rng: np.random.Generator, cfg: SynthConfig, first_cls: int) -
             scale = size * math.exp(rng.uniform(log_lo, log_hi))
             cx = _uniform_in(rng, max(left, right) * scale, size - max(left, right) * scale, size)
             cy = _uniform_in(rng, top * scale, size - bottom * scale, size)
-            mask, _ = shape_masks(name, size, cx, cy, scale, angle, flip)
+            mask, part = shape_masks(name, size, cx, cy, scale, angle, flip)
+            if probe is not None and probe.remove_part:
+                mask, part = mask & ~part, part & ~part
             # later objects occlude earlier ones, but never hide most of one (its label would lie)
             hidden = [np.count_nonzero(mask & (owner == j + 1)) / max(np.count_nonzero(owner == j + 1), 1)
                       for j in range(len(placed))]
             if mask.any() and max(hidden, default=0.0) <= cfg.max_occlusion:
                 owner[mask] = len(placed) + 1
-                placed.append(_Placed(cls, mask, scale, cx, cy, with_context))
+                placed.append(_Placed(cls, mask, scale, cx, cy, with_context, part))
                 break
     return placed
 
@@ -468,35 +502,50 @@ def _context_region(rng: np.random.Generator, cfg: SynthConfig, kind: str, cx: f
     return across & (ys >= y_top) & (ys < y_top + depth), _water_texture(rng, size)
 
 
-def render_image(cfg: SynthConfig, seed: int, index: int) -> SynthSample:
-    """Render image `index` of the dataset defined by (cfg, seed), in memory."""
-    split, local = _split_of(cfg, index)
-    rng = np.random.default_rng([seed, index])
+def render_image(cfg: SynthConfig, seed: int, index: int, probe: str | None = None) -> SynthSample:
+    """Render image `index` of the dataset defined by (cfg, seed), in memory; with `probe`, image
+    `index` of that probe split (`PROBES`), drawn from a generator of its own."""
+    if probe is None:
+        spec = None
+        local = _split_of(cfg, index)[1]
+        rng = np.random.default_rng([seed, index])
+        # cycling the first object's class through the split guarantees every class in every split
+        first = local % NUM_CLASSES
+    else:
+        spec = PROBES[probe]
+        rng = np.random.default_rng([seed, index, 2, list(PROBES).index(probe)])
+        first = CLASS_NAMES.index(spec.first[index % len(spec.first)])
+        cfg = dataclasses.replace(cfg, p_context={"none": 0.0, "own": cfg.p_context}.get(spec.context, 1.0),
+                                  p_context_alone=1.0 if spec.context == "alone" else 0.0)
     size = cfg.image_size
-    # cycling the first object's class through the split guarantees every class in every split
-    objects = _place_objects(rng, cfg, first_cls=local % NUM_CLASSES)
+    objects = _place_objects(rng, cfg, first, spec)
 
     # textured background = clutter from the same pool as the objects
     canvas = _pool_texture(rng, cfg, np.ones((size, size), dtype=bool)).reshape(size, size, 3).copy()
     context = np.zeros((size, size), dtype=np.uint8)
 
     # context regions first (they are background), then distractors, then objects in depth order
-    contexts: list[tuple[str, float, float, float]] = []  # kind, centre x, top y, scale
+    # kind, centre x, top y, scale, and the ContextMasks value: the class the context comes with, or
+    # under a swapped context the class standing on it (so its spill onto the foreign context counts)
+    contexts: list[tuple[str, float, float, float, int]] = []
+    swapped = spec is not None and spec.context == "swapped"
     for obj in objects:
         name = CLASS_NAMES[obj.cls]
         if obj.with_context:
             bottom_v = _EXTENT[name][3]
             # the train's wheels stand on the rail; the boat's hull dips into the water
             y_top = obj.cy + (bottom_v - 0.02 if name == "train" else bottom_v - 0.1) * obj.scale
-            contexts.append((CONTEXT_OF[name], obj.cx, y_top, obj.scale))
+            kind = SWAPPED_CONTEXT[name] if swapped else CONTEXT_OF[name]
+            contexts.append((kind, obj.cx, y_top, obj.scale, obj.cls + 1 if swapped else CONTEXT_LABEL[kind]))
     if rng.random() < cfg.p_context_alone:
         kind = ("rail", "water")[int(rng.integers(2))]
         scale = size * rng.uniform(cfg.min_object_scale, cfg.max_object_scale)
-        contexts.append((kind, rng.uniform(0, size), rng.uniform(0.3 * size, 0.85 * size), scale))
-    for kind, cx, y_top, scale in contexts:
+        contexts.append((kind, rng.uniform(0, size), rng.uniform(0.3 * size, 0.85 * size), scale,
+                         CONTEXT_LABEL[kind]))
+    for kind, cx, y_top, scale, value in contexts:
         region, tex = _context_region(rng, cfg, kind, cx, y_top, scale)
         canvas[region] = tex[region]
-        context[region] = CONTEXT_LABEL[kind]
+        context[region] = value
 
     distractor_masks: list[np.ndarray] = []
     for _ in range(int(rng.integers(cfg.n_distractors[0], cfg.n_distractors[1] + 1))):
@@ -510,10 +559,12 @@ def render_image(cfg: SynthConfig, seed: int, index: int) -> SynthSample:
 
     label = np.zeros((size, size), dtype=np.uint8)
     depth = np.zeros((size, size), dtype=np.int16)  # 1 + draw order of the object shown at a pixel
+    parts = np.zeros((size, size), dtype=bool)
     for i, obj in enumerate(objects):
         _paint(canvas, _tone_regions(rng, cfg, obj.mask, obj.scale, (obj.cx, obj.cy)), rng, cfg)
         label[obj.mask] = obj.cls + 1
         depth[obj.mask] = i + 1
+        parts[obj.mask] = obj.part[obj.mask]  # a later object hides the parts it covers
 
     if cfg.pixel_noise > 0:
         canvas = canvas + rng.normal(0.0, cfg.pixel_noise, canvas.shape).astype(np.float32)
@@ -532,12 +583,15 @@ def render_image(cfg: SynthConfig, seed: int, index: int) -> SynthSample:
 
     if cfg.voc_sizes:
         (top, left), (h, w) = _voc_window(np.random.default_rng([seed, index, 1]), size, label)
-        image, label, saliency, context = (a[top:top + h, left:left + w] for a in (image, label, saliency, context))
+        image, label, saliency, context, parts = (a[top:top + h, left:left + w]
+                                                  for a in (image, label, saliency, context, parts))
+    parts &= (label > 0) & (label != IGNORE_INDEX)
     present = np.zeros(NUM_CLASSES, dtype=np.float32)
     for c in np.unique(label):
         if 0 < c <= NUM_CLASSES:
             present[c - 1] = 1.0
-    return SynthSample(*(np.ascontiguousarray(a) for a in (image, label, saliency, context)), present)
+    image, label, saliency, context, parts = (np.ascontiguousarray(a) for a in (image, label, saliency, context, parts))
+    return SynthSample(image, label, saliency, context, present, parts)
 
 
 def _voc_window(rng: np.random.Generator, size: int, label: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -602,18 +656,6 @@ def _meta(cfg: SynthConfig, preset: str, seed: int) -> dict[str, Any]:
     }
 
 
-def _identity(meta: dict[str, Any]) -> list[Any]:
-    """What makes two datasets the same: JSON-normalized so tuples and lists compare equal."""
-    return json.loads(json.dumps([meta.get("generator_version"), meta.get("seed"), meta.get("params")]))
-
-
-def _clear(root: Path) -> None:
-    for name in _DIRS:
-        shutil.rmtree(root / name, ignore_errors=True)
-    for name in _FILES:
-        (root / name).unlink(missing_ok=True)
-
-
 def generate(out_dir: str | os.PathLike | None = None, preset: str = "quick", seed: int = 0, *,
              progress: bool = True, overwrite: bool = False, **overrides: Any) -> Path:
     """Write SynthVOC (VOC 2012 layout) to `out_dir` (default: `default_root(preset, seed)`); return the root.
@@ -623,58 +665,113 @@ def generate(out_dir: str | os.PathLike | None = None, preset: str = "quick", se
     """
     cfg = make_config(preset, **overrides)
     root = Path(out_dir) if out_dir is not None else default_root(preset, seed)
-    meta = _meta(cfg, preset, seed)
+    images = [(_split_of(cfg, i)[0], image_id(i), partial(render_image, cfg, seed, i))
+              for i in range(sum(cfg.split_sizes.values()))]
+    return _write_cached(root, _meta(cfg, preset, seed), images, {"trainval": ("train", "val")}, cfg,
+                         f"SynthVOC {preset}", progress, overwrite)
+
+
+def probe_id(probe: str, index: int) -> str:
+    return f"probe_{probe}_{index:06d}"
+
+
+def probes_root(preset: str, seed: int) -> Path:
+    return data_dir() / f"synthvoc-{preset}-s{seed}-probes"
+
+
+def generate_probes(out_dir: str | os.PathLike | None = None, preset: str = "quick", seed: int = 0, *,
+                    n: int | None = None, progress: bool = True, overwrite: bool = False,
+                    **overrides: Any) -> Path:
+    """Write the probe splits (`PROBES`, `n` images each, default the val split's size) of the
+    dataset (preset, seed, overrides) in VOC layout, one image list per probe, to `out_dir` (default
+    `probes_root(preset, seed)`); cached like `generate`. A model trained on the dataset is scored
+    on them by `wsss.analysis.probes`."""
+    cfg = make_config(preset, **overrides)
+    n = cfg.n_val if n is None else n
+    if n < 1:
+        raise ValueError(f"a probe split needs at least one image, got n={n}")
+    root = Path(out_dir) if out_dir is not None else probes_root(preset, seed)
+    meta = {**_meta(cfg, preset, seed), "counts": {name: n for name in PROBES},
+            "probes": {name: dataclasses.asdict(spec) for name, spec in PROBES.items()}}
+    images = [(name, probe_id(name, i), partial(render_image, cfg, seed, i, name)) for name in PROBES for i in range(n)]
+    return _write_cached(root, meta, images, {}, cfg, f"SynthVOC {preset} probes", progress, overwrite)
+
+
+def _identity(meta: dict[str, Any]) -> list[Any]:
+    """What makes two datasets the same: JSON-normalized so tuples and lists compare equal."""
+    return json.loads(json.dumps([meta.get("generator_version"), meta.get("seed"), meta.get("params"),
+                                  meta.get("probes"), meta.get("counts")]))
+
+
+def _clear(root: Path) -> None:
+    for name in _DIRS:
+        shutil.rmtree(root / name, ignore_errors=True)
+    for name in _FILES:
+        (root / name).unlink(missing_ok=True)
+
+
+ImageJob = tuple[str, str, Callable[[], SynthSample]]  # split, image id, its renderer
+
+
+def _write_cached(root: Path, meta: dict[str, Any], images: list[ImageJob], unions: dict[str, tuple[str, ...]],
+                  cfg: SynthConfig, desc: str, progress: bool, overwrite: bool) -> Path:
+    """`images` written to `root` unless its meta.json already records `meta`'s dataset. Two
+    processes asking for the same dataset (notebooks side by side): one writes, one waits."""
     say: Callable[[str], None] = print if progress else (lambda _msg: None)
-    # Two processes asking for the same dataset (notebooks side by side): one writes, one waits.
-    with exclusive(root.parent / f".{root.name}.lock", f"writing SynthVOC {preset}"):
-        return _generate(cfg, root, meta, preset, seed, progress, overwrite, say)
+    with exclusive(root.parent / f".{root.name}.lock", f"writing {desc}"):
+        meta_path = root / "meta.json"
+        if meta_path.exists():
+            old = json.loads(meta_path.read_text())
+            if _identity(old) == _identity(meta):
+                say(f"{desc} at {portable(root)} is up to date")
+                return root
+            if not overwrite:
+                raise FileExistsError(
+                    f"{root} holds a different SynthVOC (version {old.get('generator_version')}, seed "
+                    f"{old.get('seed')}, preset {old.get('preset')}); pass overwrite=True (--overwrite) or choose "
+                    "another folder")
+            _clear(root)
+        elif (root / _INCOMPLETE).exists():
+            _clear(root)  # an interrupted run: start over so no stale files mix in
+        elif root.exists() and any(root.iterdir()) and not overwrite:
+            raise FileExistsError(f"{root} is not empty and holds no SynthVOC meta.json; refusing to write into it")
+        elif overwrite:
+            _clear(root)
 
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / _INCOMPLETE, meta)
+        ids: dict[str, list[str]] = {split: [] for split in meta["counts"]}
+        labels: dict[str, np.ndarray] = {}
+        for split, iid, render in tqdm(images, desc=desc, unit="img", disable=not progress):
+            sample = render()
+            save_jpeg(root / "JPEGImages" / f"{iid}.jpg", sample.image, quality=cfg.jpeg_quality)
+            save_label_png(root / "SegmentationClass" / f"{iid}.png", sample.label)
+            save_gray_png(root / "SaliencyMaps" / f"{iid}.png", sample.saliency)
+            save_label_png(root / "ContextMasks" / f"{iid}.png", sample.context)
+            ids[split].append(iid)
+            labels[iid] = sample.classes
 
-def _generate(cfg: SynthConfig, root: Path, meta: dict[str, Any], preset: str, seed: int, progress: bool,
-              overwrite: bool, say: Callable[[str], None]) -> Path:
-    meta_path = root / "meta.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if _identity(old) == _identity(meta):
-            say(f"SynthVOC at {portable(root)} is up to date")
-            return root
-        if not overwrite:
-            raise FileExistsError(
-                f"{root} holds a different SynthVOC (version {old.get('generator_version')}, seed {old.get('seed')}, "
-                f"preset {old.get('preset')}); pass overwrite=True (--overwrite) or choose another folder"
-            )
-        _clear(root)
-    elif (root / _INCOMPLETE).exists():
-        _clear(root)  # an interrupted run: start over so no stale files mix in
-    elif root.exists() and any(root.iterdir()) and not overwrite:
-        raise FileExistsError(f"{root} is not empty and holds no SynthVOC meta.json; refusing to write into it")
-    elif overwrite:
-        _clear(root)
-
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(root / _INCOMPLETE, meta)
-    ids: dict[str, list[str]] = {split: [] for split in SPLITS}
-    labels: dict[str, np.ndarray] = {}
-    total = sum(cfg.split_sizes.values())
-    for index in tqdm(range(total), desc=f"SynthVOC {preset}", unit="img", disable=not progress):
-        sample = render_image(cfg, seed, index)
-        iid = image_id(index)
-        save_jpeg(root / "JPEGImages" / f"{iid}.jpg", sample.image, quality=cfg.jpeg_quality)
-        save_label_png(root / "SegmentationClass" / f"{iid}.png", sample.label)
-        save_gray_png(root / "SaliencyMaps" / f"{iid}.png", sample.saliency)
-        save_label_png(root / "ContextMasks" / f"{iid}.png", sample.context)
-        ids[_split_of(cfg, index)[0]].append(iid)
-        labels[iid] = sample.classes
-
-    sets = root / "ImageSets" / "Segmentation"
-    for split, names in {**ids, "trainval": ids["train"] + ids["val"]}.items():
-        write_text(sets / f"{split}.txt", "".join(f"{n}\n" for n in names))
-    save_npy(root / "cls_labels.npy", labels)  # type: ignore[arg-type]  # a pickled dict, as IRNet/EPS ship
-    write_text(root / "labels.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
-    write_json(meta_path, meta)  # last: its presence means the dataset is complete
-    (root / _INCOMPLETE).unlink()
-    say(f"SynthVOC written to {portable(root)}")
+        sets = root / "ImageSets" / "Segmentation"
+        lists = {**ids, **{name: [i for split in parts for i in ids[split]] for name, parts in unions.items()}}
+        for split, names in lists.items():
+            write_text(sets / f"{split}.txt", "".join(f"{n}\n" for n in names))
+        save_npy(root / "cls_labels.npy", labels)  # type: ignore[arg-type]  # a pickled dict, as IRNet/EPS ship
+        write_text(root / "labels.txt", "".join(f"{n}\n" for n in CLASS_NAMES))
+        write_json(meta_path, meta)  # last: its presence means the dataset is complete
+        (root / _INCOMPLETE).unlink()
+        say(f"{desc} written to {portable(root)}")
     return root
+
+
+def render_by_id(root: str | os.PathLike, iid: str) -> SynthSample:
+    """The image `iid` of the SynthVOC tree at `root` (a dataset or its probes), rendered again in
+    memory from its meta.json: what the files do not hold, such as the part masks."""
+    meta = json.loads((Path(root) / "meta.json").read_text())
+    cfg = make_config(meta["preset"], **meta["params"])
+    if iid.startswith("probe_"):
+        probe, index = iid[len("probe_"):].rsplit("_", 1)
+        return render_image(cfg, meta["seed"], int(index), probe)
+    return render_image(cfg, meta["seed"], int(iid.rsplit("_", 1)[1]))
 
 
 def load_cls_labels(root: str | os.PathLike) -> dict[str, np.ndarray]:

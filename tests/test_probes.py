@@ -1,0 +1,121 @@
+"""SynthVOC's probe splits plant what they name, and a run is scored on them (wsss.analysis.probes)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsss.data import synthvoc as sv
+from wsss.inference import save_cam
+from wsss.io import IGNORE_INDEX, load_label_png
+
+CFG = sv.make_config("tiny")
+CONTEXT_CLASSES = {sv.CLASS_NAMES.index(c) + 1 for c in sv.CONTEXT_OF}
+PART_CLASSES = {sv.CLASS_NAMES.index(c) + 1 for c in sv.PART_DEFINED}
+
+
+def _samples(probe: str | None, n: int = 24) -> list[sv.SynthSample]:
+    """`n` images of a probe split, or of the dataset itself (the training distribution)."""
+    return [sv.render_image(CFG, 0, i, probe) for i in range(n)]
+
+
+def _present(sample: sv.SynthSample) -> set[int]:
+    return {int(c) for c in np.unique(sample.label) if 0 < c < IGNORE_INDEX}
+
+
+def test_objects_alone_have_no_context() -> None:
+    samples = _samples("object_alone")
+    assert all(_present(s) & CONTEXT_CLASSES for s in samples)  # a train or a boat in every image
+    assert all(not s.context.any() for s in samples)
+
+
+def test_swapped_contexts_lie_under_the_other_class() -> None:
+    samples = _samples("swapped")
+    assert sum(s.context.any() for s in samples) >= len(samples) // 2
+    for s in samples:
+        on = set(np.unique(s.context)) - {0}
+        assert on <= _present(s) & CONTEXT_CLASSES  # marked with the class standing on it
+        assert not (s.context > 0)[s.label > 0].any()  # context is background
+    # the texture is the other context's: water (smooth, bluish) under a train, rails under a boat
+    train = sv.CLASS_NAMES.index("train") + 1
+    under_train = [s.image[s.context == train] for s in samples if (s.context == train).any()]
+    under_val_train = [s.image[s.context == sv.CONTEXT_LABEL["rail"]] for s in _samples(None, 72)
+                       if (s.context == sv.CONTEXT_LABEL["rail"]).any()]
+    blue = lambda px: float(np.mean(px[:, 2].astype(float) - px[:, 0]))  # noqa: E731
+    assert np.mean([blue(p) for p in under_train]) > np.mean([blue(p) for p in under_val_train]) + 20
+
+
+def test_contexts_alone_come_without_their_objects() -> None:
+    samples = _samples("context_alone")
+    assert all(not (_present(s) & CONTEXT_CLASSES) for s in samples)
+    assert sum(s.context.any() for s in samples) >= len(samples) * 3 // 4
+
+
+def test_removed_parts_leave_the_labelled_body() -> None:
+    removed, val = _samples("part_removed"), _samples(None, 72)
+    assert all(_present(s) & PART_CLASSES and not s.parts.any() for s in removed)
+    with_parts = [s for s in val if _present(s) & PART_CLASSES]
+    assert with_parts and all(s.parts.any() for s in with_parts)
+    assert all(not s.parts.any() for s in val if not _present(s) & PART_CLASSES)
+    assert all(np.isin(s.label[s.parts], list(PART_CLASSES)).all() for s in val)  # parts lie on their object
+
+
+def test_probe_tree_is_cached_and_rerenders_by_id(tmp_path: Path) -> None:
+    root = sv.generate_probes(tmp_path / "p", "tiny", 0, n=4, progress=False)
+    for name in sv.PROBES:
+        ids = (root / "ImageSets" / "Segmentation" / f"{name}.txt").read_text().split()
+        assert ids == [sv.probe_id(name, i) for i in range(4)]
+    stamps = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    assert sv.generate_probes(root, "tiny", 0, n=4, progress=False) == root
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == stamps
+    with pytest.raises(FileExistsError, match="different SynthVOC"):
+        sv.generate_probes(root, "tiny", 0, n=5, progress=False)
+    iid = sv.probe_id("swapped", 2)
+    again = sv.render_by_id(root, iid)
+    assert np.array_equal(again.label, load_label_png(root / "SegmentationClass" / f"{iid}.png"))
+    assert np.array_equal(again.context, load_label_png(root / "ContextMasks" / f"{iid}.png"))
+    with pytest.raises(ValueError, match="at least one image"):
+        sv.generate_probes(tmp_path / "q", "tiny", 0, n=0, progress=False)
+
+
+def test_mass_and_size_scores_of_perfect_and_spilled_maps(tiny_root: Path, tmp_path: Path) -> None:
+    from wsss.analysis.probes import mass_and_size_scores
+    from wsss.data.voc import VOCDataset
+
+    ds = VOCDataset(tiny_root, "val", with_mask=True)
+    perfect, spilled = tmp_path / "perfect", tmp_path / "spilled"
+    for folder in (perfect, spilled):
+        folder.mkdir()
+    for i in range(len(ds)):
+        s = ds.load(i)
+        keys = np.flatnonzero(s["label"] > 0.5)
+        maps = np.stack([(s["mask"] == k + 1).astype(np.float32) for k in keys])
+        save_cam(perfect / f"{s['id']}.npz", keys, maps)
+        save_cam(spilled / f"{s['id']}.npz", keys, maps + 0.25 * (s["mask"] == 0))  # a quarter on background
+    exact = mass_and_size_scores(perfect, ds, 0.5)
+    assert exact["relevance_mass"] == pytest.approx(1.0)
+    assert exact["elsewhere_mass"] == pytest.approx(0.0, abs=1e-6)
+    assert 0 < exact["part_mass"] < 0.3 and exact["part_mass"] + exact["body_mass"] == pytest.approx(1.0)
+    assert all(exact[f"iou_{b}"] == pytest.approx(1.0) for b in ("small", "medium", "large")
+               if not np.isnan(exact[f"iou_{b}"]))
+    spill = mass_and_size_scores(spilled, ds, 0.5)
+    assert spill["relevance_mass"] < 0.8 and spill["elsewhere_mass"] > 0.2
+    assert spill["iou_large"] == pytest.approx(exact["iou_large"])  # below the threshold: no label moves
+
+
+@pytest.mark.slow
+def test_benchmark_row_of_a_trained_run(tiny_root: Path, tmp_path: Path) -> None:
+    from wsss.analysis.probes import benchmark_row
+    from wsss.experiment import experiment_factory
+
+    run = experiment_factory("tiny", progress=False, run_root=str(tmp_path / "runs"), max_steps=2)("cam")
+    row = benchmark_row(run)
+    groups = ["val", *sv.PROBES]
+    assert row["worst_group_miou"] == min(row[f"miou_{g}"] for g in groups)
+    assert row[f"miou_{row['worst_group']}"] == row["worst_group_miou"]
+    assert 0 <= row["context_fp_swapped"] <= 1 and 0 <= row["relevance_mass"] <= 1
+    assert (run.run_dir / "probes" / "swapped").is_dir()
+    again = benchmark_row(run)  # cached maps, same numbers (NaN where a 2-step CAM has no part-class mass)
+    assert json.dumps(again, sort_keys=True) == json.dumps(row, sort_keys=True)

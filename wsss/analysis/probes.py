@@ -1,0 +1,160 @@
+"""A trained run on SynthVOC's probe splits, and where its class maps put their mass.
+
+The probe splits (`wsss.data.synthvoc.PROBES`) break one planted correlation each, as the
+controlled benchmarks do (Waterbirds' conflict groups, ImageNet-9's swapped backgrounds,
+FunnyBirds' part interventions):
+
+- `object_alone`: trains and boats without rail or water; does the object's map survive without
+  its context?
+- `swapped`: a train on water, a boat on rails; the context FP here is the share of the foreign
+  context labelled as the object standing on it.
+- `context_alone`: rail or water with neither train nor boat; other classes only. With image
+  labels given, no pixel can be labelled train or boat here, so this split tests the other
+  classes beside a context, not the classifier's false alarms.
+- `part_removed`: horned and tailed creatures without their horn or tail (same label); does the
+  map still find the body?
+
+Every probe is scored like val: class maps at the run's scales and flips, thresholded at the
+background threshold chosen on the train split. The worst-group mIoU is the lowest mIoU over val
+and the probes. Two map-level measures complete it, on val: the relevance-mass accuracy of
+CLEVR-XAI (the share of a class map's mass inside the class's ground-truth pixels, averaged over
+(image, present class)), split for part-defined classes into part, body and elsewhere; and mIoU
+by object size, each (image, class) pair in the bucket of its ground-truth area.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from wsss.cache import cached_folder, code_fingerprint, files_fingerprint
+from wsss.data import synthvoc
+from wsss.data.transforms import eval_transform
+from wsss.data.voc import VOCDataset
+from wsss.evaluation import evaluate_cams
+from wsss.experiment import Experiment, dataset_key
+from wsss.inference import infer_class_maps, load_cam
+from wsss.io import IGNORE_INDEX
+from wsss.report import make_row
+from wsss.stages.pseudo_masks import cam_to_label
+
+# Object area as a share of the image: small below the first edge, large from the second on.
+# Quick's objects span 25-70% of the side, so about 4-40% of the area.
+SIZE_EDGES: tuple[float, float] = (0.06, 0.15)
+SIZE_BUCKETS: tuple[str, ...] = ("small", "medium", "large")
+
+
+def probes_root(run: Experiment) -> Path:
+    """The probe splits of the run's SynthVOC dataset (same generator settings), written beside it
+    on first use."""
+    if run.is_real_voc():
+        raise ValueError(f"{run.run_dir.name} trained on real data ({run.data_root}): probe splits exist for "
+                         "SynthVOC only")
+    meta = json.loads((run.data_root / "meta.json").read_text())
+    return synthvoc.generate_probes(run.data_root.parent / f"{run.data_root.name}-probes", meta["preset"], meta["seed"],
+                                    progress=run.progress, **meta["params"])
+
+
+def probe_dataset(run: Experiment, probe: str) -> VOCDataset:
+    if probe not in synthvoc.PROBES:
+        raise ValueError(f"no probe {probe!r}; probes: {', '.join(synthvoc.PROBES)}")
+    return VOCDataset(probes_root(run), probe, transform=eval_transform(), with_mask=True, cache=True)
+
+
+def probe_class_maps(run: Experiment, probe: str) -> Path:
+    """The run's class maps of a probe split (cached beside its own, keyed like them)."""
+    ds = probe_dataset(run, probe)
+    method = run.trained_method()
+    key = {"stage": "probe_class_maps", "split": probe, "data": dataset_key(ds),
+           "model": files_fingerprint([run.run_dir / "model.pt"]), "code": code_fingerprint(),
+           "scales": list(run.tta_scales()), "flip": run.config.flip}
+    return cached_folder(run.run_dir / "probes" / probe, key, lambda out: infer_class_maps(
+        method.class_maps, ds, out, scales=run.tta_scales(), flip=run.config.flip, device=run.device,
+        progress=run.progress, amp=bool(run.config.train.amp)), f"class maps of probe {probe}")
+
+
+def probe_mask(run: Experiment, probe: str, sample: dict[str, Any]) -> np.ndarray:
+    """The run's label map of one probe image (a `probe_dataset` sample), as `probe_scores` scores it."""
+    keys, cam = load_cam(probe_class_maps(run, probe) / f"{sample['id']}.npz")
+    return cam_to_label(keys, cam, run.best_threshold())
+
+
+def probe_scores(run: Experiment, probes: Sequence[str] = tuple(synthvoc.PROBES)) -> dict[str, dict[str, Any]]:
+    """{probe: scores} at the background threshold chosen on the train split, val included."""
+    thr = run.best_threshold()
+    out = {"val": run.evaluate(bg_threshold=thr)}
+    for probe in probes:
+        out[probe] = evaluate_cams(probe_class_maps(run, probe), probe_dataset(run, probe), thr, progress=run.progress)
+    return out
+
+
+def mass_and_size_scores(cam_dir: Path, dataset: VOCDataset, bg_threshold: float,
+                         part_classes: Sequence[str] = synthvoc.PART_DEFINED) -> dict[str, float]:
+    """Relevance-mass accuracy (`relevance_mass`), its part / body / elsewhere split over the
+    part-defined classes (`part_mass`, `body_mass`, `elsewhere_mass`), and the IoU of each object-size
+    bucket (`iou_small`, ...), pooled over the (image, class) pairs in it. Part masks come from
+    rendering each SynthVOC image again."""
+    part_ids = {dataset.class_names.index(c) for c in part_classes if c in dataset.class_names}
+    inside, part_shares = [], []
+    inter = np.zeros(len(SIZE_BUCKETS))
+    union = np.zeros(len(SIZE_BUCKETS))
+    for i in range(len(dataset)):
+        sample = dataset.load(i)
+        keys, cam = load_cam(cam_dir / f"{sample['id']}.npz")
+        gt = sample["mask"]
+        valid = gt != IGNORE_INDEX
+        pred = cam_to_label(keys, cam, bg_threshold)
+        parts = synthvoc.render_by_id(dataset.layout.root, sample["id"]).parts if part_ids & set(keys) else None
+        for k, c in enumerate(keys):
+            obj = gt == c + 1
+            if not obj.any():
+                continue
+            mass = cam[k] * valid
+            total = float(mass.sum())
+            if total > 0:
+                inside.append(float(mass[obj].sum()) / total)
+                if parts is not None and c in part_ids:
+                    on_part = float(mass[obj & parts].sum()) / total
+                    part_shares.append((on_part, inside[-1] - on_part))
+            bucket = int(np.searchsorted(SIZE_EDGES, obj.sum() / valid.sum(), side="right"))
+            hit = pred == c + 1
+            inter[bucket] += np.count_nonzero(hit & obj)
+            union[bucket] += np.count_nonzero((hit | obj) & valid)
+    part, body = np.mean(part_shares, axis=0) if part_shares else (np.nan, np.nan)
+    scores = {"relevance_mass": float(np.mean(inside)) if inside else float("nan"),
+              "part_mass": float(part), "body_mass": float(body),
+              "elsewhere_mass": float(1 - part - body) if part_shares else float("nan")}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores.update({f"iou_{name}": float(x) for name, x in zip(SIZE_BUCKETS, inter / union)})
+    return scores
+
+
+def benchmark_row(run: Experiment, probes: Sequence[str] = tuple(synthvoc.PROBES)) -> dict[str, Any]:
+    """One report row: mIoU on val and each probe, the worst group, the context FP on val and on
+    swapped contexts, part-defined recall on val and without the part, and the map-level measures."""
+    scores = probe_scores(run, probes)
+    phenomena = run.phenomena()
+    part_names = list(phenomena.get("part_defined", []))
+    context_names = list(phenomena.get("context", {}))
+
+    def recall_of(s: dict[str, Any], column: str) -> float | None:
+        return make_row(s, part_classes=part_names, context_classes=context_names).get(column)
+
+    row: dict[str, Any] = {"method": run.config.method, "seed": run.config.train.seed, "run": run.run_dir.name}
+    row.update({f"miou_{name}": s["miou"] for name, s in scores.items()})
+    row["worst_group_miou"] = min(s["miou"] for s in scores.values())
+    row["worst_group"] = min(scores, key=lambda n: scores[n]["miou"])
+    row["context_fp_val"] = scores["val"].get("context_fp_rate", float("nan"))
+    if "swapped" in scores:
+        row["context_fp_swapped"] = scores["swapped"].get("context_fp_rate", float("nan"))
+    row["context_recall_val"] = recall_of(scores["val"], "context_recall")
+    if "object_alone" in scores:  # the context's objects, found without their context?
+        row["context_recall_alone"] = recall_of(scores["object_alone"], "context_recall")
+    if "part_removed" in scores:
+        row["part_recall_val"] = recall_of(scores["val"], "part_recall")
+        row["part_recall_removed"] = recall_of(scores["part_removed"], "part_recall")
+    row.update(mass_and_size_scores(run.class_maps(), run.dataset(run.config.eval_split), run.best_threshold(),
+                                    part_names))
+    return row
