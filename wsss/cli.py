@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),
     "notebooks": ("wsss.runner", "list the notebooks and their parameters"),
     "study": ("wsss.claims", "every paper's claim over seeds: paired difference, 95%% CI, verdict"),
+    "dose-response": ("wsss.dose_response", "a claim's effect at several strengths of its phenomenon"),
     "demo": ("wsss.runner", "SynthVOC + every method's main run into reports/demo/, then the comparison "
                             "(--full: ablations, final networks, claims study, into reports/)"),
 }

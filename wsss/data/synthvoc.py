@@ -94,6 +94,9 @@ class SynthConfig:
     # VOC's image shapes (`VOC_SHAPES`): each image cut from its square render with the long side kept
     # and the short one drawn as VOC's are, in both orientations; False: square images
     voc_sizes: bool = False
+    # length of the horn and the tail (the discriminative parts) relative to the default (~8% of the
+    # creature's area at 1): the knob of the part-size dose-response sweep
+    part_scale: float = 1.0
 
     def __post_init__(self) -> None:
         probs = ("p_context", "p_context_alone", "p_two_tone", "p_saliency_miss_small", "p_saliency_fire_distractor")
@@ -112,6 +115,8 @@ class SynthConfig:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be a (low, high) range with 0 <= low <= high")
+        if not 0.0 < self.part_scale <= 2.0:
+            raise ValueError(f"part_scale must lie in (0, 2], got {self.part_scale}")
         if self.ignore_band < 0 or not 1 <= self.jpeg_quality <= 100:
             raise ValueError("need ignore_band >= 0 and 1 <= jpeg_quality <= 100")
 
@@ -209,8 +214,9 @@ _HORN = [(0.04, -0.12), (0.22, -0.12), (0.13, -0.47)]
 _TAIL = (0.30, 0.62, 0.02, 0.125)
 
 
-def _class_shape(name: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(full mask, part mask); the part is non-empty only for part-defined classes."""
+def _class_shape(name: str, u: np.ndarray, v: np.ndarray, part_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(full mask, part mask); the part is non-empty only for part-defined classes, its length
+    `part_scale` times the default (horn from its base up, tail from the body out)."""
     none = np.zeros(u.shape, dtype=bool)
     if name == "disk":
         return u * u + v * v <= 0.25, none
@@ -235,7 +241,11 @@ def _class_shape(name: str, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, n
         return m, none
     if name in PART_DEFINED:
         body = _ellipse(u, v, *_CREATURE_BODY)
-        part = _convex(u, v, _HORN) if name == "horned" else _rect(u, v, *_TAIL)
+        horn, tail = _HORN, _TAIL
+        if part_scale != 1.0:
+            horn = [*_HORN[:2], (_HORN[2][0], _HORN[0][1] + part_scale * (_HORN[2][1] - _HORN[0][1]))]
+            tail = (_TAIL[0], _TAIL[0] + part_scale * (_TAIL[1] - _TAIL[0]), *_TAIL[2:])
+        part = _convex(u, v, horn) if name == "horned" else _rect(u, v, *tail)
         part &= ~body
         return body | part, part
     raise ValueError(f"unknown class {name!r}")
@@ -252,7 +262,8 @@ _ROUND_EXTENT = (0.5, 0.5, 0.5, 0.5)  # freely rotated shapes fit in the unit-di
 
 
 def shape_masks(
-    name: str, size: int, cx: float, cy: float, scale: float, angle: float = 0.0, flip: int = 1
+    name: str, size: int, cx: float, cy: float, scale: float, angle: float = 0.0, flip: int = 1,
+    part_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rasterize class `name` on a size x size grid: (object mask, discriminative-part mask).
 
@@ -260,7 +271,7 @@ def shape_masks(
     For `horned`/`tailed` the part mask holds the horn/tail pixels outside the shared body.
     """
     u, v = _local(size, cx, cy, scale, angle, flip)
-    return _class_shape(name, u, v)
+    return _class_shape(name, u, v, part_scale)
 
 
 def _distractor_shape(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -464,13 +475,16 @@ def _place_objects(rng: np.random.Generator, cfg: SynthConfig, first_cls: int,
             angle = rng.uniform(0.0, 2 * np.pi)
         flip = 1 if rng.random() < 0.5 else -1
         left, right, top, bottom = _EXTENT.get(name, _ROUND_EXTENT)
+        if name in PART_DEFINED and cfg.part_scale > 1.0:  # longer parts must stay in the frame too
+            left = right = max(right, _TAIL[0] + cfg.part_scale * (_TAIL[1] - _TAIL[0]))
+            top = max(top, -_HORN[0][1] - cfg.part_scale * (_HORN[2][1] - _HORN[0][1]))
         if with_context:
             bottom += 0.2  # room for the rail band / a strip of water below
         for _ in range(10):
             scale = size * math.exp(rng.uniform(log_lo, log_hi))
             cx = _uniform_in(rng, max(left, right) * scale, size - max(left, right) * scale, size)
             cy = _uniform_in(rng, top * scale, size - bottom * scale, size)
-            mask, part = shape_masks(name, size, cx, cy, scale, angle, flip)
+            mask, part = shape_masks(name, size, cx, cy, scale, angle, flip, cfg.part_scale)
             if probe is not None and probe.remove_part:
                 mask, part = mask & ~part, part & ~part
             # later objects occlude earlier ones, but never hide most of one (its label would lie)
@@ -636,14 +650,18 @@ def _saliency(rng: np.random.Generator, cfg: SynthConfig, objects: list[_Placed]
 # Writing a dataset
 
 
+# Settings added after datasets were first written; recorded only when changed from these values,
+# so a dataset written before keeps its identity (and the runs cached on it).
+_NEWER_DEFAULTS: dict[str, Any] = {"voc_sizes": False, "part_scale": 1.0}
+
+
 def _meta(cfg: SynthConfig, preset: str, seed: int) -> dict[str, Any]:
     return {
         "generator": "wsss.data.synthvoc",
         "generator_version": GENERATOR_VERSION,
         "preset": preset,
         "seed": seed,
-        # VOC sizes only when on: datasets written before the option existed keep their identity
-        "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "voc_sizes" or v},
+        "params": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NEWER_DEFAULTS or v != _NEWER_DEFAULTS[k]},
         "counts": cfg.split_sizes,
         "num_classes": NUM_CLASSES,
         "class_names": list(CLASS_NAMES),

@@ -1,0 +1,155 @@
+"""A paper's claim measured at several strengths of the phenomenon it targets (`wsss dose-response`).
+
+SynthVOC plants each failure mode behind one generator setting. A dose-response sweep writes the
+dataset at each strength (the preset's own strength reuses the preset's dataset and its runs) and
+measures the claims that target the phenomenon there, over seeds, exactly as `wsss study` does:
+the paired difference method - baseline with its 95% interval. The output says *when* a method
+helps, not only whether it helps at one setting: `reports/dose_response.csv` (one row per knob,
+strength and claim, added to the earlier rows) and a plot of effect against strength per knob.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from wsss.io import exclusive, write_text
+from wsss.paths import data_dir, reports_dir
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A SynthVOC setting that sets a phenomenon's strength, and the claims that target it."""
+
+    field: str
+    strengths: tuple[float, ...]
+    claims: tuple[str, ...]
+    what: str
+
+
+KNOBS: dict[str, Knob] = {
+    "cooccurrence": Knob("p_context", (0.5, 0.7, 0.9, 1.0), ("eps_context",),
+                         "probability that a train or a boat stands on its context"),
+    "part_size": Knob("part_scale", (0.5, 1.0, 1.5, 2.0), ("vwl_parts", "mam_recall"),
+                      "length of horn and tail (area about 3, 8, 12 and 16% of the creature)"),
+    "edge_strength": Knob("min_tone_contrast", (0.1, 0.3, 0.5, 0.7), ("sance_contours",),
+                          "luminance gap between the two tones of an object"),
+    "saliency_bias": Knob("p_saliency_miss_small", (0.0, 0.4, 0.7, 1.0), ("eps_pseudo",),
+                          "probability that the saliency detector misses a small object"),
+}
+
+
+def knob_data_root(preset: str, field: str, value: float, progress: bool = False) -> str | None:
+    """The SynthVOC tree of `preset` with `field` = `value`, written on first use; None when the
+    value is the preset's own (its dataset, and every run cached on it, serve)."""
+    from wsss.data import synthvoc
+
+    if value == getattr(synthvoc.make_config(preset), field):
+        return None
+    root = data_dir() / f"synthvoc-{preset}-s0-{field}{value:g}"
+    return str(synthvoc.generate(root, preset, 0, progress=progress, **{field: value}))
+
+
+def measure_dose_response(knob: str, preset: str, seeds: int, strengths: Sequence[float] | None = None,
+                          claims: Sequence[str] | None = None, progress: bool = False,
+                          log: Callable[[str], None] = print, **settings: Any) -> list[dict[str, Any]]:
+    """Rows (a claim's `measure_claim` row plus knob, field and strength) for every strength and
+    claim of `knob`, each written to reports/dose_response.csv as soon as it is measured."""
+    from wsss.claims import CLAIMS, measure_claim
+
+    if knob not in KNOBS:
+        raise ValueError(f"no knob {knob!r}; knobs: {', '.join(KNOBS)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
+    spec = KNOBS[knob]
+    keys = list(claims or spec.claims)
+    unknown = sorted(set(keys) - {c.key for c in CLAIMS})
+    if unknown:
+        raise ValueError(f"no claim {', '.join(unknown)}; claims: {', '.join(c.key for c in CLAIMS)}")
+    rows = []
+    for value in strengths or spec.strengths:
+        root = knob_data_root(preset, spec.field, value, progress)
+        for claim in (c for c in CLAIMS if c.key in keys):
+            log(f"[dose-response] {knob}: {spec.field}={value:g}, {claim.key}")
+            row = measure_claim(claim, preset, range(seeds), progress=progress, log=log, data_root=root, **settings)
+            rows.append({"knob": knob, "field": spec.field, "strength": value, **row})
+            write_dose_response(rows[-1:])
+    return rows
+
+
+_NUMERIC = ("strength", "seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")
+
+
+def read_dose_response(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    path = (Path(folder) if folder else reports_dir()) / "dose_response.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k in _NUMERIC else v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_dose_response(rows: Sequence[dict[str, Any]], folder: str | Path | None = None) -> Path:
+    """Add `rows` to reports/dose_response.csv, replacing earlier rows of the same (knob, strength,
+    claim, preset); returns the file."""
+    folder = Path(folder) if folder else reports_dir()
+    key = lambda r: (r["knob"], float(r["strength"]), r["claim"], r["preset"])  # noqa: E731
+    with exclusive(folder / ".dose_response.lock", "the dose-response table"):
+        merged = {key(r): r for r in read_dose_response(folder)}
+        merged.update({key(r): r for r in rows})
+        ordered = sorted(merged.values(), key=key)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in ordered for k in r)), restval="")
+        writer.writeheader()
+        writer.writerows(ordered)
+        write_text(folder / "dose_response.csv", buf.getvalue())
+    return folder / "dose_response.csv"
+
+
+def plot_dose_response(rows: Sequence[dict[str, Any]], knob: str):
+    """Effect (method - baseline, points, with its 95% interval) against the knob's strength, one
+    line per claim; a single seed has no interval and is drawn as a bare point."""
+    import matplotlib.pyplot as plt
+
+    spec = KNOBS[knob]
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    for claim in dict.fromkeys(r["claim"] for r in rows if r["knob"] == knob):
+        pts = sorted((r for r in rows if r["knob"] == knob and r["claim"] == claim), key=lambda r: r["strength"])
+        x = [r["strength"] for r in pts]
+        y = [100 * r["diff_mean"] for r in pts]
+        err = [[0 if math.isinf(r["ci_low"]) else 100 * (r["diff_mean"] - r["ci_low"]) for r in pts],
+               [0 if math.isinf(r["ci_high"]) else 100 * (r["ci_high"] - r["diff_mean"]) for r in pts]]
+        label = f"{claim}: {pts[0]['metric']} ({pts[0]['better']} is better), {int(pts[0]['seeds'])} seeds"
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel(f"{spec.field}: {spec.what}", fontsize=8)
+    ax.set_ylabel("method - baseline (points, 95% CI)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("dose-response", help="a claim's effect at several strengths of its phenomenon")
+    p.add_argument("--knob", required=True, choices=list(KNOBS))
+    p.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--strengths", type=float, nargs="+", default=None, help="default: the knob's four")
+    p.add_argument("--claims", nargs="+", default=None, help="default: the claims that target the knob")
+    p.set_defaults(func=_cmd_dose_response)
+
+
+def _cmd_dose_response(args: argparse.Namespace) -> int:
+    from wsss import viz
+
+    measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims)
+    rows = [r for r in read_dose_response() if r["knob"] == args.knob and r["preset"] == args.preset]
+    print(viz.markdown_table(rows, ["strength", "claim", "method_mean", "baseline_mean", "diff_mean", "ci_low",
+                                    "ci_high", "seeds", "verdict"],
+                              percent=["method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high"]))
+    print(f"wrote {reports_dir() / 'dose_response.csv'} and "
+          f"{viz.save_figure(plot_dose_response(rows, args.knob), f'dose_response_{args.knob}')}")
+    return 0
