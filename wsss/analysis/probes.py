@@ -65,13 +65,14 @@ def probe_dataset(run: Experiment, probe: str) -> VOCDataset:
 
 def probe_class_maps(run: Experiment, probe: str) -> Path:
     """The run's class maps of a probe split (cached beside its own, keyed like them)."""
+    if not (run.run_dir / "model.pt").is_file():
+        run.train()  # before the key, which holds the model file's fingerprint
     ds = probe_dataset(run, probe)
-    method = run.trained_method()
     key = {"stage": "probe_class_maps", "split": probe, "data": dataset_key(ds),
            "model": files_fingerprint([run.run_dir / "model.pt"]), "code": code_fingerprint(),
            "scales": list(run.tta_scales()), "flip": run.config.flip}
     return cached_folder(run.run_dir / "probes" / probe, key, lambda out: infer_class_maps(
-        method.class_maps, ds, out, scales=run.tta_scales(), flip=run.config.flip, device=run.device,
+        run.trained_method().class_maps, ds, out, scales=run.tta_scales(), flip=run.config.flip, device=run.device,
         progress=run.progress, amp=bool(run.config.train.amp)), f"class maps of probe {probe}")
 
 
