@@ -60,7 +60,9 @@ def test_presets_choose_the_start_and_the_hash_follows_the_file(tmp_path: Path) 
     assert ExperimentConfig.for_preset("quick", backbone="resnet50").pretrained is None
     voc = tmp_path / "VOC2012"
     voc.mkdir()
-    assert ExperimentConfig.for_preset("quick", data_root=str(voc)).pretrained is None  # real data: no SynthVOC start
+    with pytest.warns(UserWarning, match="treated as real PASCAL VOC"):
+        real = ExperimentConfig.for_preset("quick", data_root=str(voc))
+    assert real.pretrained is None  # real data: no SynthVOC start
     assert SegConfig.for_preset("quick").pretrained == "synthvoc" and SegConfig.for_preset("tiny").pretrained is None
     assert build_backbone("small", pretrained="scratch").stem[0].weight.shape[0] == 32
 
