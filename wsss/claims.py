@@ -15,15 +15,13 @@ the scales SANCE's final walk reads them.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wsss.io import exclusive, write_text
+from wsss.io import merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
 
 
@@ -176,29 +174,19 @@ def write_claims(rows: Sequence[dict[str, Any]], folder: str | Path | None = Non
     Rows of claims that `rows` does not measure are kept, so a study of a subset adds to the table
     instead of replacing it; the table follows the order of CLAIMS."""
     folder = Path(folder) if folder else reports_dir()
-    with exclusive(folder / ".claims.lock", "the claims table"):  # two studies side by side
-        by_key = {r["claim"]: r for r in read_claims(folder)}
-        by_key.update({r["claim"]: r for r in rows})
-        order = {c.key: i for i, c in enumerate(CLAIMS)}
-        rows = sorted(by_key.values(), key=lambda r: order.get(r["claim"], len(order)))
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text(folder / "claims.csv", buf.getvalue())
-        write_text(folder / "claims.md", claims_markdown(rows))
+    order = {c.key: i for i, c in enumerate(CLAIMS)}
+    table = merge_csv_rows(folder / "claims.csv", rows, key=lambda r: r["claim"],
+                           order=lambda r: order.get(r["claim"], len(order)), numeric=_NUMERIC)
+    write_text(folder / "claims.md", claims_markdown(table))
     return folder / "claims.md"
+
+
+_NUMERIC = ("seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")
 
 
 def read_claims(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """The rows of reports/claims.csv (numbers as floats), [] when no study has been written."""
-    path = (Path(folder) if folder else reports_dir()) / "claims.csv"
-    if not path.is_file():
-        return []
-    numeric = ("seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")
-    with open(path, newline="") as f:
-        return [{k: (float(v) if k in numeric else v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return read_csv_rows((Path(folder) if folder else reports_dir()) / "claims.csv", _NUMERIC)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -10,14 +10,12 @@ strength and claim, added to the earlier rows) and a plot of effect against stre
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from wsss.io import exclusive, write_text
+from wsss.io import merge_csv_rows, read_csv_rows
 from wsss.paths import data_dir, reports_dir
 
 
@@ -85,28 +83,16 @@ _NUMERIC = ("strength", "seeds", "method_mean", "baseline_mean", "diff_mean", "c
 
 
 def read_dose_response(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    path = (Path(folder) if folder else reports_dir()) / "dose_response.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (float(v) if k in _NUMERIC else v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return read_csv_rows((Path(folder) if folder else reports_dir()) / "dose_response.csv", _NUMERIC)
 
 
 def write_dose_response(rows: Sequence[dict[str, Any]], folder: str | Path | None = None) -> Path:
     """Add `rows` to reports/dose_response.csv, replacing earlier rows of the same (knob, strength,
     claim, preset); returns the file."""
-    folder = Path(folder) if folder else reports_dir()
+    path = (Path(folder) if folder else reports_dir()) / "dose_response.csv"
     key = lambda r: (r["knob"], float(r["strength"]), r["claim"], r["preset"])  # noqa: E731
-    with exclusive(folder / ".dose_response.lock", "the dose-response table"):
-        merged = {key(r): r for r in read_dose_response(folder)}
-        merged.update({key(r): r for r in rows})
-        ordered = sorted(merged.values(), key=key)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in ordered for k in r)), restval="")
-        writer.writeheader()
-        writer.writerows(ordered)
-        write_text(folder / "dose_response.csv", buf.getvalue())
-    return folder / "dose_response.csv"
+    merge_csv_rows(path, rows, key=key, order=key, numeric=_NUMERIC)
+    return path
 
 
 def plot_dose_response(rows: Sequence[dict[str, Any]], knob: str):

@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -269,3 +269,34 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_csv_rows(path: str | os.PathLike, numeric: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The rows of a CSV table, the `numeric` columns as floats; [] when the file does not exist."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (float(v) if k in numeric else v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def merge_csv_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
+                   order: Callable[[dict[str, Any]], Any], numeric: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Add `rows` to the CSV table at `path`, replacing earlier rows with the same `key`, sorted by
+    `order`, under a lock (studies side by side write the same table); returns the table's rows."""
+    import csv
+    import io
+
+    path = Path(path)
+    with exclusive(path.parent / f".{path.stem}.lock", f"the table {path.name}"):
+        merged = {key(r): r for r in read_csv_rows(path, numeric)}
+        merged.update({key(r): r for r in rows})
+        table = sorted(merged.values(), key=order)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in table for k in r)), restval="")
+        writer.writeheader()
+        writer.writerows(table)
+        write_text(path, buf.getvalue())
+    return table
