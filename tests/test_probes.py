@@ -53,13 +53,33 @@ def test_contexts_alone_come_without_their_objects() -> None:
     assert sum(s.context.any() for s in samples) >= len(samples) * 3 // 4
 
 
-def test_removed_parts_leave_the_labelled_body() -> None:
-    removed, val = _samples("part_removed"), _samples(None, 72)
-    assert all(_present(s) & PART_CLASSES and not s.parts.any() for s in removed)
+def test_parts_lie_on_their_objects() -> None:
+    val = _samples(None, 72)
     with_parts = [s for s in val if _present(s) & PART_CLASSES]
     assert with_parts and all(s.parts.any() for s in with_parts)
     assert all(not s.parts.any() for s in val if not _present(s) & PART_CLASSES)
-    assert all(np.isin(s.label[s.parts], list(PART_CLASSES)).all() for s in val)  # parts lie on their object
+    assert all(np.isin(s.label[s.parts], list(PART_CLASSES)).all() for s in val)
+
+
+def test_part_interventions_change_the_paired_scene_only_at_the_part() -> None:
+    kept, removed, moved = (_samples(p) for p in ("part_kept", "part_removed", "part_moved"))
+    assert sum(k.parts.any() for k in kept) >= len(kept) * 3 // 4  # a part can hide behind a later object
+    far_side = 0
+    for k, r, m in zip(kept, removed, moved):
+        assert _present(k) & PART_CLASSES
+        assert np.array_equal(k.classes, r.classes) and np.array_equal(k.classes, m.classes)  # labels stay
+        near_part = k.parts | (k.label == IGNORE_INDEX)  # the void band around an object moves with it
+        assert not (np.any(k.image != r.image, axis=2) & ~near_part).any()
+        assert not r.parts.any()
+        changed = np.any(k.image != m.image, axis=2)
+        assert not (changed & ~(near_part | m.parts | (m.label == IGNORE_INDEX))).any()
+        assert np.isin(m.label[m.parts], list(PART_CLASSES)).all()
+        if k.parts.any() and m.parts.any():  # mirrored through the body: the part's centroid crosses to the other side
+            body = (r.label > 0) & (r.label < IGNORE_INDEX) & np.isin(r.label, list(PART_CLASSES))
+            centre = np.argwhere(body).mean(axis=0)
+            before, after = np.argwhere(k.parts).mean(axis=0) - centre, np.argwhere(m.parts).mean(axis=0) - centre
+            far_side += float(before @ after) < 0
+    assert far_side >= len(kept) * 3 // 4
 
 
 def test_probe_tree_is_cached_and_rerenders_by_id(tmp_path: Path) -> None:
@@ -105,9 +125,22 @@ def test_mass_and_size_scores_of_perfect_and_spilled_maps(tiny_root: Path, tmp_p
     assert spill["iou_large"] == pytest.approx(exact["iou_large"])  # below the threshold: no label moves
 
 
+@pytest.mark.parametrize("method", ["cam", "eps", "vwl", "sance", "rcm_mam", "shape_cues"])
+def test_every_method_gives_image_level_probabilities(method: str) -> None:
+    import torch
+
+    from wsss.methods.base import build_method
+
+    torch.manual_seed(0)
+    model = build_method(method, 8, "small", backbone_options={"widths": (8, 8, 16, 16)}).eval()
+    with torch.no_grad():
+        probs = model.image_probabilities(torch.randn(2, 3, 64, 64))
+    assert probs.shape == (2, 8) and bool(((probs >= 0) & (probs <= 1)).all())
+
+
 @pytest.mark.slow
 def test_benchmark_row_of_a_trained_run(tiny_root: Path, tmp_path: Path) -> None:
-    from wsss.analysis.probes import benchmark_row
+    from wsss.analysis.probes import benchmark_row, part_intervention_row
     from wsss.experiment import experiment_factory
 
     run = experiment_factory("tiny", progress=False, run_root=str(tmp_path / "runs"), max_steps=2)("cam")
@@ -119,3 +152,10 @@ def test_benchmark_row_of_a_trained_run(tiny_root: Path, tmp_path: Path) -> None
     assert (run.run_dir / "probes" / "swapped").is_dir()
     again = benchmark_row(run)  # cached maps, same numbers (NaN where a 2-step CAM has no part-class mass)
     assert json.dumps(again, sort_keys=True) == json.dumps(row, sort_keys=True)
+    parts = part_intervention_row(run)
+    assert 0 <= parts["part_recognized_kept"] <= 1
+    # nothing of the part is left to hold mass (NaN: a 2-step CAM put no mass on these classes)
+    assert np.isnan(parts["part_mass_removed"]) or parts["part_mass_removed"] == 0
+    for name in ("kept", "removed", "moved"):
+        shares = [parts[f"{where}_mass_{name}"] for where in ("part", "body", "elsewhere")]
+        assert all(np.isnan(shares)) or sum(shares) == pytest.approx(1.0)

@@ -11,15 +11,19 @@ FunnyBirds' part interventions):
 - `context_alone`: rail or water with neither train nor boat; other classes only. With image
   labels given, no pixel can be labelled train or boat here, so this split tests the other
   classes beside a context, not the classifier's false alarms.
-- `part_removed`: horned and tailed creatures without their horn or tail (same label); does the
-  map still find the body?
+- `part_kept`, `part_removed`, `part_moved`: the same scenes of horned and tailed creatures
+  (same label), intact, without their horn or tail, and with it mirrored to the far side of the
+  body (FunnyBirds' part interventions). Paired image by image, they tell how often the network's
+  image-level prediction of the class flips without the part or with it elsewhere
+  (`label_flips`), and whether the map follows the part or stays on the body.
 
 Every probe is scored like val: class maps at the run's scales and flips, thresholded at the
 background threshold chosen on the train split. The worst-group mIoU is the lowest mIoU over val
 and the probes. Two map-level measures complete it, on val: the relevance-mass accuracy of
 CLEVR-XAI (the share of a class map's mass inside the class's ground-truth pixels, averaged over
-(image, present class)), split for part-defined classes into part, body and elsewhere; and mIoU
-by object size, each (image, class) pair in the bucket of its ground-truth area.
+(image, present class)), split for part-defined classes into part, body and elsewhere (also on
+the three part probes); and mIoU by object size, each (image, class) pair in the bucket of its
+ground-truth area.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from wsss.cache import cached_folder, code_fingerprint, files_fingerprint
 from wsss.data import synthvoc
@@ -35,7 +40,7 @@ from wsss.data.transforms import eval_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_cams
 from wsss.experiment import Experiment, dataset_key
-from wsss.inference import infer_class_maps, load_cam
+from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
 from wsss.io import IGNORE_INDEX
 from wsss.report import make_row
 from wsss.stages.pseudo_masks import cam_to_label
@@ -44,17 +49,20 @@ from wsss.stages.pseudo_masks import cam_to_label
 # Quick's objects span 25-70% of the side, so about 4-40% of the area.
 SIZE_EDGES: tuple[float, float] = (0.06, 0.15)
 SIZE_BUCKETS: tuple[str, ...] = ("small", "medium", "large")
+# The part interventions, each paired with `part_kept` image by image.
+PART_INTERVENTIONS: dict[str, str] = {"removed": "part_removed", "moved": "part_moved"}
 
 
 def probes_root(run: Experiment) -> Path:
     """The probe splits of the run's SynthVOC dataset (same generator settings), written beside it
-    on first use."""
+    on first use, and written again where an older generator's probes lie there (they follow from
+    the dataset alone)."""
     if run.is_real_voc():
         raise ValueError(f"{run.run_dir.name} trained on real data ({run.data_root}): probe splits exist for "
                          "SynthVOC only")
     meta = json.loads((run.data_root / "meta.json").read_text())
     return synthvoc.generate_probes(run.data_root.parent / f"{run.data_root.name}-probes", meta["preset"], meta["seed"],
-                                    progress=run.progress, **meta["params"])
+                                    progress=run.progress, overwrite=True, **meta["params"])
 
 
 def probe_dataset(run: Experiment, probe: str) -> VOCDataset:
@@ -89,6 +97,54 @@ def probe_scores(run: Experiment, probes: Sequence[str] = tuple(synthvoc.PROBES)
     for probe in probes:
         out[probe] = evaluate_cams(probe_class_maps(run, probe), probe_dataset(run, probe), thr, progress=run.progress)
     return out
+
+
+def image_probabilities(run: Experiment, probe: str) -> tuple[np.ndarray, np.ndarray]:
+    """((N, K) the network's image-level probabilities, (N, K) the image labels) of a probe split,
+    at one scale without flips (what the classifier itself says about each image)."""
+    model = run.trained_method()
+    probs, labels = [], []
+    with torch.no_grad():
+        for group in size_grouped_batches(probe_dataset(run, probe)):
+            images = torch.stack([s["image"] for s in group]).to(run.device)
+            probs.append(model.image_probabilities(images).cpu().numpy())
+            labels.append(torch.stack([s["label"] for s in group]).numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def label_flips(run: Experiment, part_classes: Sequence[str] = synthvoc.PART_DEFINED) -> dict[str, float]:
+    """How the image-level prediction of the part-defined classes reacts to the part interventions,
+    pair by pair: `part_recognized_kept` (share of part-defined objects predicted present, p > 0.5,
+    in the intact scenes), and per intervention the share of those recognized ones no longer
+    predicted (`label_flips_removed`, ...) and the mean drop of their probability (`prob_drop_...`)."""
+    cols = [run.class_names.index(c) for c in part_classes if c in run.class_names]
+    before, present = (a[:, cols] for a in image_probabilities(run, "part_kept"))
+    present = present > 0.5
+    recognized = present & (before > 0.5)
+    out = {"part_recognized_kept": float(recognized.sum() / max(present.sum(), 1))}
+    for name, probe in PART_INTERVENTIONS.items():
+        after, labels = (a[:, cols] for a in image_probabilities(run, probe))
+        if not np.array_equal(labels > 0.5, present):
+            raise RuntimeError(f"{probe} is not paired with part_kept: its image labels differ")
+        if not recognized.any():  # e.g. a network that never predicts these classes
+            out[f"label_flips_{name}"] = out[f"prob_drop_{name}"] = float("nan")
+            continue
+        out[f"label_flips_{name}"] = float((recognized & (after <= 0.5)).sum() / recognized.sum())
+        out[f"prob_drop_{name}"] = float((before - after)[recognized].mean())
+    return out
+
+
+def part_intervention_row(run: Experiment) -> dict[str, Any]:
+    """One row of the part-intervention table: label flips (`label_flips`) and, on each of the
+    three part probes, where the part-defined classes' map mass lies (part, body, elsewhere)."""
+    part_names = list(run.phenomena().get("part_defined", []))
+    row: dict[str, Any] = {"method": run.config.method, "seed": run.config.train.seed, "run": run.run_dir.name}
+    row.update(label_flips(run, part_names))
+    thr = run.best_threshold()
+    for name, probe in {"kept": "part_kept", **PART_INTERVENTIONS}.items():
+        mass = mass_and_size_scores(probe_class_maps(run, probe), probe_dataset(run, probe), thr, part_names)
+        row.update({f"{where}_mass_{name}": mass[f"{where}_mass"] for where in ("part", "body", "elsewhere")})
+    return row
 
 
 def mass_and_size_scores(cam_dir: Path, dataset: VOCDataset, bg_threshold: float,
@@ -156,6 +212,8 @@ def benchmark_row(run: Experiment, probes: Sequence[str] = tuple(synthvoc.PROBES
     if "part_removed" in scores:
         row["part_recall_val"] = recall_of(scores["val"], "part_recall")
         row["part_recall_removed"] = recall_of(scores["part_removed"], "part_recall")
+    if "part_moved" in scores:
+        row["part_recall_moved"] = recall_of(scores["part_moved"], "part_recall")
     row.update(mass_and_size_scores(run.class_maps(), run.dataset(run.config.eval_split), run.best_threshold(),
                                     part_names))
     return row

@@ -412,13 +412,17 @@ class Probe:
     distribution. The first object's class cycles through `first`; the others are drawn from
     `others`. `context`: "own" (as in training), "none" (never a context region), "swapped" (each
     context object on the other's context: a train on water, a boat on rails) or "alone" (a context
-    region in every image, its object never present). `remove_part` cuts the horn or tail off every
-    part-defined object (its label stays)."""
+    region in every image, its object never present). `part`: what happens to the horn or tail of
+    every part-defined object (its label stays): "kept", "removed" (what lay beneath shows
+    instead) or "moved" (to the far side of the body, mirrored through the body's centroid). `scene`: the probe whose generator draws this one's scenes, so that its images are
+    that probe's, intervened on, pixel for pixel (without `voc_sizes`, whose window follows the
+    labels)."""
 
     first: tuple[str, ...]
     others: tuple[str, ...]
     context: str
-    remove_part: bool = False
+    part: str = "kept"
+    scene: str | None = None
 
 
 _PLAIN = tuple(c for c in CLASS_NAMES if c not in CONTEXT_OF)
@@ -426,7 +430,9 @@ PROBES: dict[str, Probe] = {
     "object_alone": Probe(tuple(CONTEXT_OF), CLASS_NAMES, "none"),
     "swapped": Probe(tuple(CONTEXT_OF), _PLAIN, "swapped"),
     "context_alone": Probe(_PLAIN, _PLAIN, "alone"),
-    "part_removed": Probe(PART_DEFINED, CLASS_NAMES, "own", remove_part=True),
+    "part_kept": Probe(PART_DEFINED, CLASS_NAMES, "own"),
+    "part_removed": Probe(PART_DEFINED, CLASS_NAMES, "own", part="removed", scene="part_kept"),
+    "part_moved": Probe(PART_DEFINED, CLASS_NAMES, "own", part="moved", scene="part_kept"),
 }
 SWAPPED_CONTEXT: dict[str, str] = {"train": "water", "boat": "rail"}
 
@@ -485,8 +491,6 @@ def _place_objects(rng: np.random.Generator, cfg: SynthConfig, first_cls: int,
             cx = _uniform_in(rng, max(left, right) * scale, size - max(left, right) * scale, size)
             cy = _uniform_in(rng, top * scale, size - bottom * scale, size)
             mask, part = shape_masks(name, size, cx, cy, scale, angle, flip, cfg.part_scale)
-            if probe is not None and probe.remove_part:
-                mask, part = mask & ~part, part & ~part
             # later objects occlude earlier ones, but never hide most of one (its label would lie)
             hidden = [np.count_nonzero(mask & (owner == j + 1)) / max(np.count_nonzero(owner == j + 1), 1)
                       for j in range(len(placed))]
@@ -527,12 +531,13 @@ def render_image(cfg: SynthConfig, seed: int, index: int, probe: str | None = No
         first = local % NUM_CLASSES
     else:
         spec = PROBES[probe]
-        rng = np.random.default_rng([seed, index, 2, list(PROBES).index(probe)])
+        rng = np.random.default_rng([seed, index, 2, list(PROBES).index(spec.scene or probe)])
         first = CLASS_NAMES.index(spec.first[index % len(spec.first)])
         cfg = dataclasses.replace(cfg, p_context={"none": 0.0, "own": cfg.p_context}.get(spec.context, 1.0),
                                   p_context_alone=1.0 if spec.context == "alone" else 0.0)
     size = cfg.image_size
     objects = _place_objects(rng, cfg, first, spec)
+    edit = "kept" if spec is None else spec.part
 
     # textured background = clutter from the same pool as the objects
     canvas = _pool_texture(rng, cfg, np.ones((size, size), dtype=bool)).reshape(size, size, 3).copy()
@@ -574,15 +579,20 @@ def render_image(cfg: SynthConfig, seed: int, index: int, probe: str | None = No
     label = np.zeros((size, size), dtype=np.uint8)
     depth = np.zeros((size, size), dtype=np.int16)  # 1 + draw order of the object shown at a pixel
     parts = np.zeros((size, size), dtype=bool)
+    # An intervened image is painted beside the intact scene, which alone draws the random numbers:
+    # every texture and later object comes out as in the scene it is paired with.
+    shown = canvas if edit == "kept" else canvas.copy()
     for i, obj in enumerate(objects):
         _paint(canvas, _tone_regions(rng, cfg, obj.mask, obj.scale, (obj.cx, obj.cy)), rng, cfg)
+        if shown is not canvas:
+            objects[i] = obj = _intervene_on_part(obj, edit, canvas, shown)
         label[obj.mask] = obj.cls + 1
         depth[obj.mask] = i + 1
         parts[obj.mask] = obj.part[obj.mask]  # a later object hides the parts it covers
 
     if cfg.pixel_noise > 0:
-        canvas = canvas + rng.normal(0.0, cfg.pixel_noise, canvas.shape).astype(np.float32)
-    image = np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
+        shown = shown + rng.normal(0.0, cfg.pixel_noise, shown.shape).astype(np.float32)
+    image = np.clip(np.rint(shown * 255.0), 0, 255).astype(np.uint8)
 
     saliency = _saliency(rng, cfg, objects, depth, distractor_masks)
 
@@ -606,6 +616,27 @@ def render_image(cfg: SynthConfig, seed: int, index: int, probe: str | None = No
             present[c - 1] = 1.0
     image, label, saliency, context, parts = (np.ascontiguousarray(a) for a in (image, label, saliency, context, parts))
     return SynthSample(image, label, saliency, context, present, parts)
+
+
+def _intervene_on_part(obj: _Placed, edit: str, scene: np.ndarray, shown: np.ndarray) -> _Placed:
+    """Paint `obj` (just painted on the intact `scene`) on `shown` with its part removed or moved
+    (`Probe.part`); returns the object as shown."""
+    body = obj.mask & ~obj.part
+    shown[body] = scene[body]
+    if edit == "removed" or not obj.part.any():
+        return dataclasses.replace(obj, mask=body, part=np.zeros_like(obj.part))
+    if edit != "moved":
+        raise ValueError(f"unknown part intervention {edit!r}")
+    # Point reflection through the body's centroid: a horn on top now points down from the bottom,
+    # a tail on the right leaves the body on the left; same shape, same texture (turned 180 degrees).
+    ys, xs = np.nonzero(obj.part)
+    by, bx = np.nonzero(body)
+    ty, tx = round(2 * by.mean()) - ys, round(2 * bx.mean()) - xs
+    inside = (ty >= 0) & (ty < scene.shape[0]) & (tx >= 0) & (tx < scene.shape[1])
+    moved = np.zeros_like(obj.part)
+    moved[ty[inside], tx[inside]] = True
+    shown[ty[inside], tx[inside]] = scene[ys[inside], xs[inside]]
+    return dataclasses.replace(obj, mask=body | moved, part=moved)
 
 
 def _voc_window(rng: np.random.Generator, size: int, label: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:

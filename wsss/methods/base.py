@@ -70,6 +70,8 @@ class WSSSMethod(nn.Module):
       The training loop calls it through DistributedDataParallel, so all trainable work happens here.
     - `class_maps(images)` returns non-negative (B, K, h, w) maps of the K foreground classes;
       CAM inference sums them over scales and flips.
+    - `image_logits(images)` returns the (B, K) image-level scores the classification loss reads
+      (what a label flip under an intervention is read from; see `image_probabilities`).
     - `after_optimizer_step(progress)` runs after each optimizer step (EMA updates, ...).
     """
 
@@ -110,6 +112,13 @@ class WSSSMethod(nn.Module):
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no image-level classifier")
+
+    def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K): how sure the network is that each class is in each image (> 0.5: predicted)."""
+        return torch.sigmoid(self.image_logits(images).float())
 
     def after_optimizer_step(self, progress: float) -> None:
         return None

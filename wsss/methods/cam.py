@@ -25,9 +25,11 @@ class CAM(WSSSMethod):
     def new_modules(self) -> list[nn.Module]:
         return [self.classifier]
 
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return gap_cam_logits(self.backbone(images)[-1], self.classifier)
+
     def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
-        logits = gap_cam_logits(self.backbone(batch["image"])[-1], self.classifier)
-        loss = classification_loss(logits, batch["label"])
+        loss = classification_loss(self.image_logits(batch["image"]), batch["label"])
         return {"loss": loss, "cls": loss.detach()}
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:

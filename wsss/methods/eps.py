@@ -126,6 +126,10 @@ class EPS(WSSSMethod):
         """(B, C + 1, h, w) dense classifier scores, background last."""
         return self.classifier(self.backbone(images)[-1])
 
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        # GAP commutes with the 1x1 classifier: these are the image scores of the C objects.
+        return self.logits(images)[:, :-1].mean(dim=(2, 3))
+
     def localization_maps(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C + 1, h, w) softmax over the C objects and the background at every location."""
         return self.logits(images).softmax(dim=1)

@@ -296,3 +296,6 @@ class RCMMAM(WSSSMethod):
 
     def class_maps(self, images: torch.Tensor) -> torch.Tensor:
         return net_forward(self.main_parts(), images)[1]
+
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return gap_cam_logits(net_forward(self.main_parts(), images)[0], self.classifier)

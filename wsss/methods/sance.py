@@ -347,6 +347,11 @@ class SANCE(_ContourMethod):
         feats = self.backbone(images)
         return self.seg(feats[-1]).softmax(dim=1)[:, 1:]
 
+    def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """SANCE has no image classifier: a class is predicted where it wins a pixel's softmax
+        somewhere, i.e. its highest probability over the map."""
+        return self.class_maps(images).float().flatten(2).amax(dim=2)
+
     # ------------------------------------------------------------------ online-label snapshots
 
     def _snapshot(self, batch: Batch, progress: float, seed: torch.Tensor, y_b: torch.Tensor, y_r: torch.Tensor,

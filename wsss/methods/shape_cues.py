@@ -329,6 +329,15 @@ class ShapeCues(WSSSMethod):
         """The decoder's foreground probabilities."""
         return self.probabilities(images)[:, 1:]
 
+    def _pooled_scores(self, scores: torch.Tensor, probs: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1 + K) image scores: nGWP, plus the focal mask penalty where it is on."""
+        pooled = ngwp(scores, probs, valid)
+        return pooled + focal_mask_penalty(probs, valid) if self.size_penalty else pooled
+
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        scores = self.scores(images).float()
+        return self._pooled_scores(scores, scores.softmax(dim=1), None)[:, 1:]
+
     # ------------------------------------------------------------------ training
 
     def semantic_maps(self, scores: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -363,10 +372,7 @@ class ShapeCues(WSSSMethod):
         log_probs = scores.log_softmax(dim=1)
         probs = log_probs.exp()
         valid = at_size(batch["valid"], scores.shape[-2:]) if "valid" in batch else None
-        image_scores = ngwp(scores, probs, valid)
-        if self.size_penalty:
-            image_scores = image_scores + focal_mask_penalty(probs, valid)
-        losses = {"cls": classification_loss(image_scores[:, 1:], batch["label"])}
+        losses = {"cls": classification_loss(self._pooled_scores(scores, probs, valid)[:, 1:], batch["label"])}
         complete = log_probs.new_zeros(())
         if progress >= self.mask_start:
             labels = self.online_pseudo_masks(batch["image"], scores.detach(), batch["label"], valid)

@@ -125,11 +125,7 @@ class VWL(WSSSMethod):
     def forward(self, batch: Batch, progress: float = 0.0) -> dict[str, torch.Tensor]:
         feats = self.backbone(batch["image"])[-1]
         label = batch["label"]
-        if self.hspp:
-            logits = self.classifier(hybrid_spatial_pyramid_pool(feats, self.gamma)[..., None, None]).flatten(1)
-        else:
-            logits = gap_cam_logits(feats, self.classifier)
-        losses = {"img": classification_loss(logits, label)}
+        losses = {"img": classification_loss(self._image_branch_logits(feats), label)}
         if self.vwe:
             probs = self.encoder(feats)
             valid = valid_at(batch.get("valid"), feats.shape[-2:])
@@ -138,6 +134,15 @@ class VWL(WSSSMethod):
             losses["w2i"] = classification_loss(w2i_logits, label)
         total = sum(losses.values())
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
+
+    def _image_branch_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.hspp:
+            return self.classifier(hybrid_spatial_pyramid_pool(feats, self.gamma)[..., None, None]).flatten(1)
+        return gap_cam_logits(feats, self.classifier)
+
+    def image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The image branch's scores, the branch the authors' inference reads."""
+        return self._image_branch_logits(self.backbone(images)[-1])
 
     # ------------------------------------------------------------------ maps
 
