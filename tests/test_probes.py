@@ -159,3 +159,36 @@ def test_benchmark_row_of_a_trained_run(tiny_root: Path, tmp_path: Path) -> None
     for name in ("kept", "removed", "moved"):
         shares = [parts[f"{where}_mass_{name}"] for where in ("part", "body", "elsewhere")]
         assert all(np.isnan(shares)) or sum(shares) == pytest.approx(1.0)
+
+
+def test_part_intervention_summary_pairs_seeds_and_skips_nan() -> None:
+    from wsss.analysis.probes import part_intervention_summary
+
+    def row(method: str, seed: int, flips: float) -> dict:
+        return {"method": method, "seed": seed, "label_flips_removed": flips}
+
+    rows = [row("cam", 0, 0.5), row("cam", 1, 0.6), row("cam", 2, 0.7),
+            row("vwl", 0, 0.4), row("vwl", 1, 0.4), row("vwl", 2, float("nan"))]
+    cam, vwl = part_intervention_summary(rows, columns=["label_flips_removed"])
+    assert cam["label_flips_removed"] == pytest.approx(0.6) and "label_flips_removed_diff" not in cam
+    assert vwl["label_flips_removed"] == pytest.approx(0.4)  # the NaN seed left out
+    assert vwl["label_flips_removed_diff"] == pytest.approx(-0.15)  # seeds 0 and 1: -0.1, -0.2
+    assert vwl["label_flips_removed_low"] < -0.15 < vwl["label_flips_removed_high"]
+    with pytest.raises(ValueError, match="no cam rows"):
+        part_intervention_summary(rows[3:], columns=["label_flips_removed"])
+
+
+@pytest.mark.slow
+def test_part_intervention_study_writes_a_row_per_method_and_seed(tiny_root: Path, tmp_path: Path) -> None:
+    import csv
+
+    from wsss.analysis.probes import part_intervention_study
+    from wsss.paths import reports_dir
+
+    rows = part_intervention_study("tiny", 1, ["eps"], log=lambda _msg: None, max_steps=2,
+                                   run_root=str(tmp_path / "runs"))
+    assert [(r["method"], r["seed"]) for r in rows] == [("cam", 0), ("eps", 0)]
+    with open(reports_dir() / "part_interventions.csv") as f:
+        assert [(r["method"], r["seed"]) for r in csv.DictReader(f)] == [("cam", "0"), ("eps", "0")]
+    with pytest.raises(ValueError, match="no method nope"):
+        part_intervention_study("tiny", 1, ["nope"])

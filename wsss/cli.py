@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "notebooks": ("wsss.runner", "list the notebooks and their parameters"),
     "study": ("wsss.claims", "every paper's claim over seeds: paired difference, 95%% CI, verdict"),
     "dose-response": ("wsss.dose_response", "a claim's effect at several strengths of its phenomenon"),
+    "part-interventions": ("wsss.analysis.probes", "label flips and map mass with the part removed or moved, "
+                                                   "every method vs the CAM over seeds"),
     "demo": ("wsss.runner", "SynthVOC + every method's main run into reports/demo/, then the comparison "
                             "(--full: ablations, final networks, claims study, into reports/)"),
 }

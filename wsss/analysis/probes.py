@@ -27,7 +27,10 @@ ground-truth area.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +44,8 @@ from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_cams
 from wsss.experiment import Experiment, dataset_key
 from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
-from wsss.io import IGNORE_INDEX
+from wsss.io import IGNORE_INDEX, merge_csv_rows
+from wsss.paths import reports_dir
 from wsss.report import make_row
 from wsss.stages.pseudo_masks import cam_to_label
 
@@ -217,3 +221,93 @@ def benchmark_row(run: Experiment, probes: Sequence[str] = tuple(synthvoc.PROBES
     row.update(mass_and_size_scores(run.class_maps(), run.dataset(run.config.eval_split), run.best_threshold(),
                                     part_names))
     return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Part interventions over seeds (`wsss part-interventions`)
+
+# The part-intervention columns compared with the CAM, seed by seed.
+PART_COLUMNS: tuple[str, ...] = (
+    "part_recognized_kept", "label_flips_removed", "label_flips_moved", "prob_drop_removed", "prob_drop_moved",
+    *(f"{where}_mass_{name}" for name in ("kept", "removed", "moved") for where in ("part", "body", "elsewhere")))
+
+
+def part_intervention_study(preset: str, seeds: int, methods: Sequence[str] | None = None, baseline: str = "cam",
+                            log: Any = print, **settings: Any) -> list[dict[str, Any]]:
+    """`part_intervention_row` of the baseline's and each method's main run at seeds 0..N-1 (runs
+    trained where missing), each added to reports/part_interventions.csv as it is measured."""
+    from wsss import compare
+
+    names, missing = compare.split_registered(methods)
+    if missing:
+        raise ValueError(f"no method {', '.join(missing)}")
+    names = [baseline, *(m for m in names if m != baseline and compare.has_class_maps(m))]
+    rows = []
+    for seed in range(seeds):
+        for method in names:
+            t = time.perf_counter()
+            row = {**part_intervention_row(compare.main_experiment(preset, method, seed=seed, **settings)),
+                   "preset": preset}
+            rows.append(row)
+            merge_csv_rows(reports_dir() / "part_interventions.csv", [row],
+                           key=lambda r: (r["preset"], r["method"], int(r["seed"])),
+                           order=lambda r: (r["preset"], r["method"], int(r["seed"])), numeric=PART_COLUMNS)
+            log(f"[part-interventions] {method} seed {seed}: flips removed {row['label_flips_removed']:.3f}, "
+                f"moved {row['label_flips_moved']:.3f} ({time.perf_counter() - t:.0f} s)")
+    return rows
+
+
+def part_intervention_summary(rows: Sequence[dict[str, Any]], baseline: str = "cam",
+                              columns: Sequence[str] = PART_COLUMNS) -> list[dict[str, Any]]:
+    """Per method: the mean of each column over seeds and, beside the baseline, the paired
+    difference method - baseline with its 95% t-interval (`<column>_diff`, `_low`, `_high`), over
+    the seeds both have (NaN values, e.g. no flip rate where nothing was recognized, leave a seed out)."""
+    from wsss.claims import paired_interval
+
+    by_method: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in rows:
+        by_method.setdefault(r["method"], {})[int(r["seed"])] = r
+    if baseline not in by_method:
+        raise ValueError(f"no {baseline} rows to compare with")
+    base = by_method[baseline]
+    out = []
+    for method, seeds in by_method.items():
+        summary: dict[str, Any] = {"method": method, "seeds": len(seeds)}
+        for c in columns:
+            values = [float(r[c]) for r in seeds.values() if not math.isnan(float(r[c]))]
+            summary[c] = sum(values) / len(values) if values else math.nan
+            if method == baseline:
+                continue
+            diffs = [float(r[c]) - float(base[s][c]) for s, r in seeds.items() if s in base]
+            diffs = [d for d in diffs if not math.isnan(d)]
+            mean, low, high = paired_interval(diffs) if diffs else (math.nan, math.nan, math.nan)
+            summary.update({f"{c}_diff": mean, f"{c}_low": low, f"{c}_high": high})
+        out.append(summary)
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("part-interventions", help="label flips and map mass when the part is removed or "
+                                                          "moved, every method vs the CAM over seeds")
+    p.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--methods", nargs="+", default=None, help="default: every main method with class maps")
+    p.set_defaults(func=_cmd_part_interventions)
+
+
+def _cmd_part_interventions(args: argparse.Namespace) -> int:
+    from wsss import viz
+
+    if args.seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {args.seeds}")
+    rows = part_intervention_study(args.preset, args.seeds, args.methods)
+    summary = part_intervention_summary(rows)
+    print(viz.markdown_table(summary, ["method", "seeds", "part_recognized_kept", "label_flips_removed",
+                                       "label_flips_moved", "part_mass_kept", "body_mass_kept", "part_mass_moved",
+                                       "body_mass_moved"], percent=PART_COLUMNS))
+    for c in ("label_flips_removed", "label_flips_moved", "part_mass_kept", "part_mass_moved"):
+        print(f"\n{c}, method - cam (95% CI over seeds):")
+        for s in summary[1:]:
+            print(f"  {s['method']}: {100 * s[f'{c}_diff']:+.2f} [{100 * s[f'{c}_low']:+.2f}, {100 * s[f'{c}_high']:+.2f}]")
+    print(f"wrote {reports_dir() / 'part_interventions.csv'}")
+    return 0
