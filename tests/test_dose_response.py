@@ -50,7 +50,8 @@ def test_a_longer_part_covers_more_of_the_creature() -> None:
 def test_rows_merge_by_knob_strength_and_claim(tmp_path: Path) -> None:
     def row(strength: float, diff: float, seeds: int = 3) -> dict:
         return {"knob": "cooccurrence", "field": "p_context", "strength": strength, "claim": "eps_context",
-                "metric": "context_fp_rate", "better": "lower", "preset": "quick", "seeds": seeds, "method_mean": 0.1,
+                "metric": "context_fp_rate", "better": "lower", "preset": "quick", "seeds": seeds, "method": "eps",
+                "baseline": "cam", "method_mean": 0.1,
                 "baseline_mean": 0.1 - diff, "diff_mean": diff, "ci_low": diff - 0.02 if seeds > 1 else float("-inf"),
                 "ci_high": diff + 0.02 if seeds > 1 else float("inf"), "verdict": "reproduced"}
 
@@ -61,6 +62,9 @@ def test_rows_merge_by_knob_strength_and_claim(tmp_path: Path) -> None:
     fig = plot_dose_response(rows, "cooccurrence")
     (line,) = [c for c in fig.axes[0].containers]
     assert list(line.lines[0].get_ydata()) == pytest.approx([-5.0, -20.0])
+    method, baseline = fig.axes[1].get_lines()  # both arms beside the effect
+    assert list(method.get_ydata()) == pytest.approx([10.0, 10.0])
+    assert list(baseline.get_ydata()) == pytest.approx([15.0, 30.0])
 
 
 @pytest.mark.slow

@@ -96,12 +96,13 @@ def write_dose_response(rows: Sequence[dict[str, Any]], folder: str | Path | Non
 
 
 def plot_dose_response(rows: Sequence[dict[str, Any]], knob: str):
-    """Effect (method - baseline, points, with its 95% interval) against the knob's strength, one
-    line per claim; a single seed has no interval and is drawn as a bare point."""
+    """Left: the effect (method - baseline, points, with its 95% interval) against the knob's
+    strength, one line per claim; a single seed has no interval and is drawn as a bare point.
+    Right: both arms' means, which tell whether the effect moves with the method or the baseline."""
     import matplotlib.pyplot as plt
 
     spec = KNOBS[knob]
-    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    fig, (ax, arms) = plt.subplots(1, 2, figsize=(9.0, 3.4))
     for claim in dict.fromkeys(r["claim"] for r in rows if r["knob"] == knob):
         pts = sorted((r for r in rows if r["knob"] == knob and r["claim"] == claim), key=lambda r: r["strength"])
         x = [r["strength"] for r in pts]
@@ -109,11 +110,17 @@ def plot_dose_response(rows: Sequence[dict[str, Any]], knob: str):
         err = [[0 if math.isinf(r["ci_low"]) else 100 * (r["diff_mean"] - r["ci_low"]) for r in pts],
                [0 if math.isinf(r["ci_high"]) else 100 * (r["ci_high"] - r["diff_mean"]) for r in pts]]
         label = f"{claim}: {pts[0]['metric']} ({pts[0]['better']} is better), {int(pts[0]['seeds'])} seeds"
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        line = ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)[0]
+        arms.plot(x, [100 * r["method_mean"] for r in pts], marker="o", color=line.get_color(),
+                  label=f"{pts[0]['method']}")
+        arms.plot(x, [100 * r["baseline_mean"] for r in pts], marker="s", ls="--", color=line.get_color(),
+                  label=f"{pts[0]['baseline']} ({claim})")
     ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xlabel(f"{spec.field}: {spec.what}", fontsize=8)
+    for a in (ax, arms):
+        a.set_xlabel(f"{spec.field}: {spec.what}", fontsize=8)
+        a.legend(fontsize=7)
     ax.set_ylabel("method - baseline (points, 95% CI)", fontsize=8)
-    ax.legend(fontsize=7)
+    arms.set_ylabel("mean over seeds (%)", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -125,14 +132,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--strengths", type=float, nargs="+", default=None, help="default: the knob's four")
     p.add_argument("--claims", nargs="+", default=None, help="default: the claims that target the knob")
+    p.add_argument("--plot-only", action="store_true",
+                   help="measure nothing: redraw the table and plot from reports/dose_response.csv")
     p.set_defaults(func=_cmd_dose_response)
 
 
 def _cmd_dose_response(args: argparse.Namespace) -> int:
     from wsss import viz
 
-    measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims)
+    if not args.plot_only:
+        measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims)
     rows = [r for r in read_dose_response() if r["knob"] == args.knob and r["preset"] == args.preset]
+    if not rows:
+        raise ValueError(f"no {args.knob} rows at preset {args.preset} in {reports_dir() / 'dose_response.csv'}")
     print(viz.markdown_table(rows, ["strength", "claim", "method_mean", "baseline_mean", "diff_mean", "ci_low",
                                     "ci_high", "seeds", "verdict"],
                               percent=["method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high"]))

@@ -96,6 +96,33 @@ columns = ["method", *[f"{where}_mass_{name}" for name in ("kept", "removed", "m
 print(viz.markdown_table(part_rows, columns, percent=columns[1:]))
 
 # %% [markdown]
+# ## Over seeds: dose-response and part interventions (stored)
+#
+# Nothing is trained here: these are the rows `wsss dose-response --knob K --seeds 3` and
+# `wsss part-interventions --seeds 3` stored in `reports/`. Left of each dose-response plot, a
+# claim's effect (method - baseline, 95% CI over seeds) against the strength of its phenomenon;
+# right, both arms. Below it, each method's part-intervention measures against the CAM's, paired
+# by seed.
+
+# %%
+from wsss import dose_response
+
+stored = [r for r in dose_response.read_dose_response() if r["preset"] == preset]
+for knob in dict.fromkeys(r["knob"] for r in stored):
+    display(dose_response.plot_dose_response(stored, knob))
+if not stored:
+    print(f"no dose-response rows at preset {preset} yet: wsss dose-response --knob cooccurrence --preset {preset}")
+stored = [r for r in probes.read_part_interventions() if r["preset"] == preset]
+if any(r["method"] == "cam" for r in stored):
+    summary = probes.part_intervention_summary(stored)
+    columns = ["method", "seeds", "label_flips_removed", "label_flips_removed_diff", "label_flips_removed_low",
+               "label_flips_removed_high", "label_flips_moved", "label_flips_moved_diff", "part_mass_kept",
+               "part_mass_kept_diff", "part_mass_kept_low", "part_mass_kept_high"]
+    display(Markdown(viz.markdown_table(summary, columns, percent=columns[2:])))
+else:
+    print(f"no part-intervention rows at preset {preset} yet: wsss part-interventions --preset {preset}")
+
+# %% [markdown]
 # ## The probes, one image each, and every method's mask
 
 # %%

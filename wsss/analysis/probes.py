@@ -257,6 +257,13 @@ def part_intervention_study(preset: str, seeds: int, methods: Sequence[str] | No
     return rows
 
 
+def read_part_interventions(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """The rows `part_intervention_study` stored (reports/part_interventions.csv); [] when none."""
+    from wsss.io import read_csv_rows
+
+    return read_csv_rows((Path(folder) if folder else reports_dir()) / "part_interventions.csv", PART_COLUMNS)
+
+
 def part_intervention_summary(rows: Sequence[dict[str, Any]], baseline: str = "cam",
                               columns: Sequence[str] = PART_COLUMNS) -> list[dict[str, Any]]:
     """Per method: the mean of each column over seeds and, beside the baseline, the paired
