@@ -44,7 +44,7 @@ from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_cams
 from wsss.experiment import Experiment, dataset_key
 from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
-from wsss.io import IGNORE_INDEX, merge_csv_rows
+from wsss.io import IGNORE_INDEX, merge_csv_rows, read_csv_rows
 from wsss.paths import reports_dir
 from wsss.report import make_row
 from wsss.stages.pseudo_masks import cam_to_label
@@ -103,10 +103,11 @@ def probe_scores(run: Experiment, probes: Sequence[str] = tuple(synthvoc.PROBES)
     return out
 
 
-def image_probabilities(run: Experiment, probe: str) -> tuple[np.ndarray, np.ndarray]:
+def image_probabilities(run: Experiment, probe: str, model: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """((N, K) the network's image-level probabilities, (N, K) the image labels) of a probe split,
-    at one scale without flips (what the classifier itself says about each image)."""
-    model = run.trained_method()
+    at one scale without flips (what the classifier itself says about each image); `model`: the
+    run's trained method when already loaded."""
+    model = model or run.trained_method()
     probs, labels = [], []
     with torch.no_grad():
         for group in size_grouped_batches(probe_dataset(run, probe)):
@@ -122,12 +123,13 @@ def label_flips(run: Experiment, part_classes: Sequence[str] = synthvoc.PART_DEF
     in the intact scenes), and per intervention the share of those recognized ones no longer
     predicted (`label_flips_removed`, ...) and the mean drop of their probability (`prob_drop_...`)."""
     cols = [run.class_names.index(c) for c in part_classes if c in run.class_names]
-    before, present = (a[:, cols] for a in image_probabilities(run, "part_kept"))
+    model = run.trained_method()  # loaded once for the three paired probes
+    before, present = (a[:, cols] for a in image_probabilities(run, "part_kept", model))
     present = present > 0.5
     recognized = present & (before > 0.5)
     out = {"part_recognized_kept": float(recognized.sum() / max(present.sum(), 1))}
     for name, probe in PART_INTERVENTIONS.items():
-        after, labels = (a[:, cols] for a in image_probabilities(run, probe))
+        after, labels = (a[:, cols] for a in image_probabilities(run, probe, model))
         if not np.array_equal(labels > 0.5, present):
             raise RuntimeError(f"{probe} is not paired with part_kept: its image labels differ")
         if not recognized.any():  # e.g. a network that never predicts these classes
@@ -242,6 +244,7 @@ def part_intervention_study(preset: str, seeds: int, methods: Sequence[str] | No
     if missing:
         raise ValueError(f"no method {', '.join(missing)}")
     names = [baseline, *(m for m in names if m != baseline and compare.has_class_maps(m))]
+    key = lambda r: (r["preset"], r["method"], int(r["seed"]))  # noqa: E731
     rows = []
     for seed in range(seeds):
         for method in names:
@@ -249,9 +252,7 @@ def part_intervention_study(preset: str, seeds: int, methods: Sequence[str] | No
             row = {**part_intervention_row(compare.main_experiment(preset, method, seed=seed, **settings)),
                    "preset": preset}
             rows.append(row)
-            merge_csv_rows(reports_dir() / "part_interventions.csv", [row],
-                           key=lambda r: (r["preset"], r["method"], int(r["seed"])),
-                           order=lambda r: (r["preset"], r["method"], int(r["seed"])), numeric=PART_COLUMNS)
+            merge_csv_rows(reports_dir() / "part_interventions.csv", [row], key=key, order=key, numeric=PART_COLUMNS)
             log(f"[part-interventions] {method} seed {seed}: flips removed {row['label_flips_removed']:.3f}, "
                 f"moved {row['label_flips_moved']:.3f} ({time.perf_counter() - t:.0f} s)")
     return rows
@@ -259,8 +260,6 @@ def part_intervention_study(preset: str, seeds: int, methods: Sequence[str] | No
 
 def read_part_interventions(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """The rows `part_intervention_study` stored (reports/part_interventions.csv); [] when none."""
-    from wsss.io import read_csv_rows
-
     return read_csv_rows((Path(folder) if folder else reports_dir()) / "part_interventions.csv", PART_COLUMNS)
 
 
