@@ -153,7 +153,9 @@ def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_ro
     monkeypatch.setenv("WSSS_REPORTS", str(tmp_path / "reports"))  # the suite's shared folder holds other rows
 
     timings = run_demo("tiny", ("00_dataset", "01_cam_baseline", "03_vwl"), progress=False, jobs=2)
-    assert {"00_dataset", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
+    assert {"00_dataset", "cam_first_stage", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
+    out = capsys.readouterr().out
+    assert out.index("[demo] started 03_vwl") < out.index("[demo] started 01_cam_baseline"), "longest first"
     for name in ("01_cam_baseline", "03_vwl"):
         nb = nbformat.read(reports_dir() / "demo" / f"{name}.ipynb", as_version=4)
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -164,7 +166,20 @@ def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_ro
     assert "| vwl |" in (reports_dir() / "demo" / "metrics.md").read_text()
     assert not (reports_dir() / "03_vwl.ipynb").exists() and not (reports_dir() / "metrics.csv").exists(), \
         "the quick demo leaves the full reports alone"
-    assert FULL_DEMO_COMMAND in capsys.readouterr().out
+    assert FULL_DEMO_COMMAND in out
+
+
+def test_demo_order_starts_the_longest_notebook_first_by_the_last_timing(tmp_path: Path) -> None:
+    import json
+
+    from wsss.runner import QUICK_DEMO_SECONDS, demo_order
+
+    names = ["01_cam_baseline", "02_eps", "05_rcm_mam", "09_new"]
+    assert demo_order(names, tmp_path / "absent.json") == ["05_rcm_mam", "02_eps", "01_cam_baseline", "09_new"]
+    assert QUICK_DEMO_SECONDS["05_rcm_mam"] > QUICK_DEMO_SECONDS["02_eps"] > QUICK_DEMO_SECONDS["01_cam_baseline"]
+    timing = tmp_path / "demo_timing.json"
+    timing.write_text(json.dumps({"01_cam_baseline": 900.0, "09_new": 50, "jobs": 2, "full": False}))
+    assert demo_order(names, timing) == ["01_cam_baseline", "05_rcm_mam", "02_eps", "09_new"]
 
 
 def test_quick_demo_switches_off_ablations_and_final_networks_only() -> None:

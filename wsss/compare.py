@@ -74,6 +74,20 @@ def method_rows(exp: Experiment, part_classes: Sequence[str] = ()) -> dict[str, 
     return rows
 
 
+COMPARISON_COLUMNS = ("variant", "stage", "split", "bg_threshold", "miou", "fg_precision", "fg_recall", "context_fp_rate",
+                      "part_recall")
+
+
+def comparison_rows_table(exp: Experiment, part_classes: Sequence[str] = ()) -> str:
+    """Markdown of `method_rows(exp)`: the rows notebook 07 compares, made by the method's own
+    notebook so that they are ready (cached) when the comparison runs after the method notebooks,
+    which `wsss demo` runs side by side."""
+    rows = list(method_rows(exp, part_classes).values())
+    columns = [c for c in COMPARISON_COLUMNS if any(c in r for r in rows)]
+    return viz.markdown_table(rows, columns, percent=[c for c in columns if c not in ("variant", "stage", "split",
+                                                                                        "bg_threshold")])
+
+
 def best_by_pseudo(rows: dict[str, dict[str, dict[str, Any]]]) -> str:
     """The method with the highest pseudo-mask mIoU (train)."""
     return max(rows, key=lambda m: rows[m]["pseudo"]["miou"])

@@ -35,7 +35,7 @@ from wsss.stages.pseudo_masks import write_pseudo_masks
 from wsss.refine.crf import CRFParams
 from wsss.scale import PAPER_SCALE, ScalePolicy
 from wsss.train import (RESULT_NEUTRAL_KEYS, TrainConfig, TrainResult, device_named, fast_bf16, load_model,
-                        split_train_overrides, train)
+                        split_train_overrides, to_device, train)
 
 # Training recipes per SynthVOC preset, sized for the machine each preset targets. Without `amp`,
 # `for_preset` turns bf16 autocast on where it is fast (`fast_bf16`); tiny, the tests' preset, stays
@@ -369,7 +369,7 @@ class Experiment:
         if not (self.run_dir / "model.pt").is_file():
             self.train()
         self._refuse_changed_training_inputs()
-        m = load_model(self.method, self.run_dir).to(self.device)
+        m = to_device(load_model(self.method, self.run_dir), self.device)
         return m.eval()
 
     def data_key(self, split: str) -> dict[str, str]:

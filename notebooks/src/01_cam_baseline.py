@@ -84,3 +84,14 @@ display(Markdown(viz.markdown_table(per_class, ["class", "iou", "precision", "re
 # %%
 fig = viz.cam_example_grid(exp.dataset(config.eval_split), exp.class_maps(), n_examples, exp.best_threshold())
 viz.save_figure(fig, "01_cam_examples");
+
+# %% [markdown]
+# ## This run in the comparison
+#
+# The rows notebook 07 puts beside the other methods: class maps on val (threshold chosen on
+# train) and the method's final pseudo masks on train, the masks a final network learns from.
+
+# %%
+from wsss import compare
+
+display(Markdown(compare.comparison_rows_table(exp, part)))

@@ -177,3 +177,14 @@ if ablations:
 # NBVAL_CHECK_OUTPUT
 columns = ["variant", "schedule", "bg_threshold", "miou", "fg_precision", "fg_recall", "context_fp_rate"]
 print(viz.markdown_table(sweep_rows, columns, percent=columns[3:]) if sweep_rows else "ablations = False")
+
+# %% [markdown]
+# ## This run in the comparison
+#
+# The rows notebook 07 puts beside the other methods: class maps on val (threshold chosen on
+# train) and the method's final pseudo masks on train, the masks a final network learns from.
+
+# %%
+from wsss import compare
+
+display(Markdown(compare.comparison_rows_table(exp, part)))

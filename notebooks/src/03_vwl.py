@@ -199,3 +199,14 @@ if ablations:
 columns = ["Baseline", "VWE", "HSPP", "schedule", "bg_threshold", "miou", "fg_recall", "part_recall",
            *[f"{c} rec" for c in part]]
 print(viz.markdown_table(ablation, columns, percent=columns[5:]) if ablation else "ablations = False")
+
+# %% [markdown]
+# ## This run in the comparison
+#
+# The rows notebook 07 puts beside the other methods: class maps on val (threshold chosen on
+# train) and the method's final pseudo masks on train, the masks a final network learns from.
+
+# %%
+from wsss import compare
+
+display(Markdown(compare.comparison_rows_table(exp, part)))

@@ -39,7 +39,7 @@ batch_size = None
 lr = None
 seed = 0
 main_run = True  # train the main SANCE run with the preset recipe, the row notebook 07 compares
-ablations = True  # also the baseline with a fine-tuned backbone, SANCE without refinement and without TTA (Tables 1-2)
+ablations = True  # also IRNet's contour baseline (also with a fine-tuned backbone), SANCE without refinement and without TTA (Tables 1-2)
 ablation_epochs = None  # schedule of every Table 1 and 2 row, None for the preset recipe
 ablation_split = None  # images the Table 1 and 2 rows train on with image labels and CAM seeds only, None for train
 n_examples = 4
@@ -61,9 +61,9 @@ experiment = experiment_factory(preset, data_root=data_root, backbone=backbone, 
 ablation = {"epochs": ablation_epochs, "train_split": ablation_split}  # the schedule of the Table 1 and 2 rows
 cam = experiment("cam")  # stage 1, the run of notebook 01
 main = experiment("sance")
-runs = {"baseline": experiment("irn_contour", **ablation),
-        **({"baseline (tuned backbone)": experiment("irn_contour", detach_contour=False, **ablation),
-            "SANCE-naive": experiment("sance", refine=None, **ablation)} if ablations else {}),
+runs = {**({"baseline": experiment("irn_contour", **ablation),
+             "baseline (tuned backbone)": experiment("irn_contour", detach_contour=False, **ablation),
+             "SANCE-naive": experiment("sance", refine=None, **ablation)} if ablations else {}),
         "SANCE": experiment("sance", **ablation)}
 split = main.config.eval_split
 schedule = (f"{ablation_epochs if ablation_epochs is not None else 'preset'} epochs on "
@@ -92,8 +92,9 @@ viz.save_figure(viz.plot_curves({name: exp.train_log() for name, exp in runs.ite
 # %% [markdown]
 # ## Contour maps: contour-only baseline vs SANCE
 #
-# Flip-averaged contour maps of evaluation images (red: high). The baseline's contours follow
-# every colour edge the seeds leave unsure; SANCE's should stay on object outlines.
+# Flip-averaged contour maps of evaluation images (red: high). The baseline's contours (trained
+# with `ablations`) follow every colour edge the seeds leave unsure; SANCE's should stay on object
+# outlines.
 
 # %%
 ds = main.dataset(split)
@@ -109,14 +110,14 @@ viz.save_figure(viz.titled_grid(grid, class_names=ds.class_names, score_bar=True
 # %% [markdown]
 # ## Propagation results
 #
-# The baseline propagates the CAM with its single-scale contours, averaged with those of the
+# The baseline (with `ablations`) propagates the CAM with its single-scale contours, averaged with those of the
 # flipped image (IRNet); SANCE propagates its segmentation map with its contours, averaged over
 # scales and flips (TTA). Background scores are
 # chosen on the train split, as for the CAM rows; `oracle mIoU` is val's own best, for reference.
 
 # %%
-maps = {"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_run(runs["baseline"], "cam")),
-        **({"SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "seg"))}
+maps = {**({"baseline: CAM walk": (runs["baseline"], PseudoLabelParams.for_run(runs["baseline"], "cam")),
+            "SANCE-naive: seg walk": (runs["SANCE-naive"], PseudoLabelParams.for_run(runs["SANCE-naive"], "seg"))}
            if ablations else {}),
         "SANCE: seg walk": (runs["SANCE"], PseudoLabelParams.for_run(runs["SANCE"], "seg"))}
 label_dirs = {name: propagated_pseudo_labels(exp, split, params) for name, (exp, params) in maps.items()}
@@ -166,9 +167,9 @@ contour = {name: contour_scores(exp) for name, exp in [*runs.items(), *((("SANCE
 table1 = [  # variant, stage, scores, the run whose contours made them
     ("CAM", "cam", cam.evaluate(split), None),
     ("CAM + CRF", "cam", cam.evaluate(split, crf=True), None),
-    (f"baseline, CAM map ({schedule})", "pseudo",
-     pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_run(runs["baseline"], "cam")), "baseline"),
-    *([(f"baseline (tuned backbone), CAM map ({schedule})", "pseudo",
+    *([(f"baseline, CAM map ({schedule})", "pseudo",
+        pseudo_label_scores(runs["baseline"], PseudoLabelParams.for_run(runs["baseline"], "cam")), "baseline"),
+       (f"baseline (tuned backbone), CAM map ({schedule})", "pseudo",
         pseudo_label_scores(runs["baseline (tuned backbone)"], PseudoLabelParams.for_run(runs["baseline (tuned backbone)"], "cam")),
         "baseline (tuned backbone)"),
        (f"SANCE-naive, CAM map ({schedule})", "pseudo",
@@ -222,3 +223,15 @@ columns = ["variant", "bg_threshold", "miou", "fg_precision", "fg_recall", "boun
 print(viz.markdown_table(rows, columns, percent=columns[2:]))
 print()
 print(viz.markdown_table(contour_rows, ["setting", *shares[:5]], percent=list(shares[:5])))
+
+# %% [markdown]
+# ## This run in the comparison
+#
+# The rows notebook 07 puts beside the other methods: class maps on val (threshold chosen on
+# train) and the method's final pseudo masks on train, the masks a final network learns from.
+
+# %%
+from wsss import compare
+
+if main_run:
+    display(Markdown(compare.comparison_rows_table(main, part)))

@@ -228,3 +228,14 @@ for name, run in walk_runs.items():
 # NBVAL_CHECK_OUTPUT
 print(viz.markdown_table(walk_rows, ["run", "thresholded class maps", "random walk", "Δ"],
                          percent=["thresholded class maps", "random walk", "Δ"]))
+
+# %% [markdown]
+# ## This run in the comparison
+#
+# The rows notebook 07 puts beside the other methods: class maps on val (threshold chosen on
+# train) and the method's final pseudo masks on train, the masks a final network learns from.
+
+# %%
+from wsss import compare
+
+display(Markdown(compare.comparison_rows_table(exp, part)))

@@ -257,3 +257,14 @@ sweep = (spr_alpha_sweep(model, exp.dataset("train"), limit=alpha_sweep_images, 
 # NBVAL_CHECK_OUTPUT
 print(viz.markdown_table(sweep, ["alpha", "miou", "labelled", "changed"], percent=["miou", "labelled", "changed"])
       if sweep else "ablations = False" if not ablations else "alpha_sweep_images = 0")
+
+# %% [markdown]
+# ## This run in the comparison
+#
+# The rows notebook 07 puts beside the other methods: class maps on val (threshold chosen on
+# train) and the method's final pseudo masks on train, the masks a final network learns from.
+
+# %%
+from wsss import compare
+
+display(Markdown(compare.comparison_rows_table(exp, classes["part_classes"])))

@@ -8,7 +8,7 @@
 Random inputs isolate the model's cost from data loading (SynthVOC batches are loaded from an
 in-memory cache in training, so the loop adds little). Precision as the training loop's default
 (`--amp auto`): bf16 autocast where `wsss.train.fast_bf16` says it is fast (CUDA, CPUs with AMX);
-channels_last on CUDA.
+channels_last (NHWC), as the training loop (`wsss.train.to_device`); `--nchw` measures the plain layout.
 """
 from __future__ import annotations
 
@@ -20,22 +20,21 @@ from contextlib import nullcontext
 import torch
 
 from wsss.methods.base import available_methods, build_method, method_class
-from wsss.train import fast_bf16
+from wsss.train import fast_bf16, to_device
 
 
 def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, warmup: int, device: str,
-          amp: bool, num_classes: int = 8) -> dict[str, float]:
+          amp: bool, num_classes: int = 8, channels_last: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
-    method = build_method(method_name, num_classes, backbone).to(device)
+    method = to_device(build_method(method_name, num_classes, backbone), device, channels_last)
     dev_type = torch.device(device).type
     cuda = dev_type == "cuda"
-    if cuda:
-        method = method.to(memory_format=torch.channels_last)
     method.train()
     opt = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
     labels = torch.zeros(batch, num_classes, device=device)
     labels[torch.arange(batch), torch.randint(0, num_classes, (batch,))] = 1
-    b = {"image": torch.randn(batch, 3, size, size, device=device), "label": labels,
+    image = torch.randn(batch, 3, size, size, device=device)
+    b = {"image": image.contiguous(memory_format=torch.channels_last) if channels_last else image, "label": labels,
          "valid": torch.ones(batch, size, size, dtype=torch.bool, device=device),
          "index": torch.arange(batch), "id": [f"x{i}" for i in range(batch)]}
     if "saliency" in method_class(method_name).requires:
@@ -75,6 +74,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="bf16 autocast: auto (where fast, as training), on, off (fp32)")
+    p.add_argument("--nchw", action="store_true", help="plain NCHW layout instead of the loop's channels_last")
     p.add_argument("--threads", type=int, nargs="*", default=None, help="CPU threads, one table each (default: torch's)")
     args = p.parse_args()
     methods = args.methods or [m for m in available_methods() if m != "segmentation"]
@@ -82,10 +82,11 @@ def main() -> None:
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         print(f"device {args.device}, backbone {args.backbone}, {args.size} px, batch {args.batch}, "
-              f"{'bf16' if amp else 'fp32'}, {threads} thread{'s' * (threads > 1)}")
+              f"{'bf16' if amp else 'fp32'}, {'NCHW' if args.nchw else 'channels_last'}, {threads} thread{'s' * (threads > 1)}")
         print(f"{'method':<14}{'images/s':>10}{'s/step':>9}{'peak MB':>9}  (peak MB: process RSS on CPU)")
         for name in methods:
-            r = bench(name, args.backbone, args.size, args.batch, args.steps, args.warmup, args.device, amp)
+            r = bench(name, args.backbone, args.size, args.batch, args.steps, args.warmup, args.device, amp,
+                      channels_last=not args.nchw)
             print(f"{name:<14}{r['images_per_s']:>10.1f}{r['s_per_step']:>9.3f}{r['peak_mb']:>9.0f}", flush=True)
 
 

@@ -54,7 +54,7 @@ from wsss.scale import PAPER_SCALE, ScalePolicy
 from wsss.models.heads import DeepLabV3PlusHead, deeplabv3_head
 from wsss.paths import portable, runs_dir
 from wsss.refine.crf import CRFParams, dense_crf
-from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, train
+from wsss.train import TrainConfig, TrainResult, load_model, split_train_overrides, to_device, train
 
 MODELS = ("small_deeplabv3plus", "small_aspp", "deeplabv3_resnet50")
 MASK = "target"  # the training labels arrive as batch["target_mask"]
@@ -281,7 +281,7 @@ class FinalStage:
     def trained_net(self) -> SegmentationNet:
         if not (self.run_dir / "model.pt").is_file():
             self.train()
-        return load_model(self.net, self.run_dir).to(self.experiment.device).eval()
+        return to_device(load_model(self.net, self.run_dir), self.experiment.device).eval()
 
     def predict(self, split: str | None = None, crf: bool = False) -> Path:
         """Label PNGs of `split` (multi-scale + flip softmax average, optional dense CRF), cached."""
