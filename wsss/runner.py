@@ -42,8 +42,8 @@ FULL_DEMO_COMMAND = ".venv/bin/wsss demo --full --jobs 2"
 # Seconds each method notebook took in the quick demo (one thread each, two side by side, fp32, this
 # 2-core machine), used only to start the longest first when no timing of an earlier demo is at hand
 # (`demo_order`): a short notebook left alone at the end would leave a core idle.
-QUICK_DEMO_SECONDS: dict[str, float] = {"01_cam_baseline": 30, "02_eps": 130, "03_vwl": 130, "04_sance": 560,
-                                        "05_rcm_mam": 630, "06_shape_cues": 400}
+QUICK_DEMO_SECONDS: dict[str, float] = {"01_cam_baseline": 16, "02_eps": 172, "03_vwl": 180, "04_sance": 536,
+                                        "05_rcm_mam": 578, "06_shape_cues": 442}
 
 
 def demo_notebooks(full: bool = False) -> tuple[str, ...]:
