@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -117,7 +118,7 @@ def plot_dose_response(rows: Sequence[dict[str, Any]], knob: str):
                   label=f"{pts[0]['baseline']} ({claim})")
     ax.axhline(0, color="0.5", lw=0.8)
     for a in (ax, arms):
-        a.set_xlabel(f"{spec.field}: {spec.what}", fontsize=8)
+        a.set_xlabel(textwrap.fill(f"{spec.field}: {spec.what}", 60), fontsize=8)  # two panels side by side
         a.legend(fontsize=7)
     ax.set_ylabel("method - baseline (points, 95% CI)", fontsize=8)
     arms.set_ylabel("mean over seeds (%)", fontsize=8)
