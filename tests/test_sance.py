@@ -298,6 +298,30 @@ def test_contour_methods_get_the_contour_scores() -> None:
     assert contour_scorer("cam") is None
 
 
+@pytest.mark.parametrize("name,source", [("sance", "seg"), ("irn_contour", "cam")])
+def test_walk_inputs_equal_separate_passes_with_each_scale_run_once(name: str, source: str) -> None:
+    from wsss.stages.propagation import tta_maps, walk_inputs
+
+    torch.manual_seed(0)
+    m = build_method(name, 4, "small", None, backbone_init=None).eval()
+    images = torch.randn(2, 3, 32, 32)
+    params = PseudoLabelParams.for_source(source, ScalePolicy(image_size=96), tta=True)
+    assert params.contour_scales == (1.5, 2.0) and params.scales == (1.0, 1.5, 2.0)
+    sizes = []
+    maps = m.maps
+    m.maps = lambda x: sizes.append(x.shape[-1]) or maps(x)  # type: ignore[method-assign]
+    contour, scores = walk_inputs(m, images, params)
+    # one pass per scale (a flip is in the same batch): none twice, none for a map that is not read
+    assert sorted(sizes) == ([32, 48, 64] if source == "seg" else [48, 64])
+    separate = tta_maps(m, images, params.contour_scales, True, params.stride)[:, :1]
+    torch.testing.assert_close(contour, separate, rtol=0, atol=0)
+    if source == "seg":
+        torch.testing.assert_close(scores, tta_maps(m, images, params.scales, True, params.stride)[:, 2:], rtol=0,
+                                   atol=0)
+    else:
+        assert scores is None
+
+
 def test_tiny_end_to_end(tiny_root) -> None:
     from wsss.analysis.contours import contour_scores
     from wsss.experiment import Experiment, ExperimentConfig

@@ -193,6 +193,37 @@ def test_one_training_step_on_tiny(tiny_root: Path) -> None:
     assert masks.shape == (4, 64, 64) and all(set(np.unique(m)) <= a for m, a in zip(masks, allowed))
 
 
+def test_class_maps_and_decoder_masks_come_from_one_pass_and_equal_two(tiny_root: Path, tmp_path: Path) -> None:
+    """The class-map stage writes the decoder masks too; both equal what separate passes give."""
+    from types import SimpleNamespace
+
+    from wsss.data.transforms import eval_transform
+    from wsss.data.voc import VOCDataset
+    from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
+    from wsss.io import load_label_png
+
+    ds = VOCDataset(tiny_root, "val", transform=eval_transform(), with_mask=False)
+    torch.manual_seed(0)
+    model = build_method("shape_cues", ds.num_classes, "small", backbone_init=None).eval()
+    calls = []
+    model.probabilities = lambda x, f=model.probabilities: calls.append(len(x)) or f(x)  # type: ignore[method-assign]
+    run = SimpleNamespace(trained_method=lambda: model, dataset=lambda split: ds, tta_scales=lambda: (1.0, 1.5),
+                          config=SimpleNamespace(flip=True, train=SimpleNamespace(amp=False)),
+                          device=torch.device("cpu"), progress=False, class_maps=lambda split: tmp_path / "joint")
+    (tmp_path / "joint").mkdir()
+    model.write_class_maps(run, "val", tmp_path / "joint")
+    assert sum(calls) == 2 * 2 * len(ds)  # two scales, each with its flip, once per image
+    infer_class_maps(model.class_maps, ds, tmp_path / "alone", scales=(1.0, 1.5), flip=True, progress=False)
+    masks = model.pseudo_labels(run, "val")
+    for group in size_grouped_batches(ds):
+        images, labels = torch.stack([s["image"] for s in group]), torch.stack([s["label"] for s in group])
+        for s, expected in zip(group, decoder_masks(model, images, labels, (1.0, 1.5), flip=True)):
+            np.testing.assert_array_equal(load_label_png(masks / f"{s['id']}.png"), expected)
+            (k1, c1), (k2, c2) = (load_cam(tmp_path / d / f"{s['id']}.npz") for d in ("joint", "alone"))
+            np.testing.assert_array_equal(k1, k2)
+            np.testing.assert_allclose(c1, c2, atol=1e-3)  # float16 files
+
+
 def test_ablation_switches() -> None:
     base = build_method("shape_cues", 3, "small", scm=False, spr=False, backbone_init=None)
     assert base.scm is None and base.alpha == 1.0

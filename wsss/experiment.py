@@ -26,7 +26,6 @@ from wsss.cache import (cached_folder, cached_json, code_fingerprint, code_versi
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
-from wsss.inference import infer_class_maps
 from wsss.io import write_json
 from wsss.paths import portable, runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
@@ -396,10 +395,8 @@ class Experiment:
 
     def class_maps(self, split: str | None = None) -> Path:
         split = split or self.config.eval_split
-        ds = self.dataset(split)
-        return cached_folder(self.run_dir / "cams" / split, self.class_maps_key(split), lambda out: infer_class_maps(
-            self.trained_method().class_maps, ds, out, scales=self.tta_scales(), flip=self.config.flip,
-            device=self.device, progress=self.progress, amp=bool(self.config.train.amp)), f"class maps of {split}")
+        return cached_folder(self.run_dir / "cams" / split, self.class_maps_key(split),
+                             lambda out: self.method.write_class_maps(self, split, out), f"class maps of {split}")
 
     def sweep(self, split: str | None = None) -> dict[str, Any]:
         split = split or self.config.eval_split

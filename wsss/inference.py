@@ -167,9 +167,15 @@ def in_bf16(map_fn: MapFn, device: str | torch.device) -> MapFn:
 def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: str | os.PathLike, *,
                      scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
                      device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True,
-                     max_pixels: int | None = None, amp: bool = False) -> Path:
+                     max_pixels: int | None = None, amp: bool = False, first_class: int = 0,
+                     also: Callable[[list[dict[str, Any]], torch.Tensor], None] | None = None) -> Path:
     """Write `<out_dir>/<id>.npz` for every image of `dataset` (eval transform), skipping done ones;
     `amp`: the network runs under bf16 autocast (`in_bf16`).
+
+    `map_fn` may return more channels than the K class maps, which then start at channel
+    `first_class` (e.g. a background channel first); `also(samples, maps)` receives each batch's
+    summed (B, C, H, W) maps, for outputs that come from the same network pass (shape cues' decoder
+    masks), so that no second pass over the images is needed.
 
     Images of equal size are batched together (SynthVOC); differently sized ones (VOC) go one by one.
     An image larger than `max_pixels` at its largest scale (default `max_scaled_pixels()`) is an
@@ -197,7 +203,9 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
                 f"{tuple(scales)}, flip={flip}) on {device}: lower batch_size, drop the large scales or downscale "
                 f"the images"
             ) from exc
-        for s, m in zip(group, maps):
+        if also is not None:
+            also(group, maps)
+        for s, m in zip(group, maps[:, first_class:]):
             keys, cam = normalize_present(m, s["label"].to(m.device))
             save_cam(out_dir / f"{s['id']}.npz", keys, cam)
         bar.update(len(group))

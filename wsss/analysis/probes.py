@@ -45,6 +45,7 @@ from wsss.evaluation import evaluate_cams
 from wsss.experiment import Experiment, dataset_key
 from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
 from wsss.io import IGNORE_INDEX, merge_csv_rows, read_csv_rows
+from wsss.methods.base import class_map_settings
 from wsss.paths import reports_dir
 from wsss.report import make_row
 from wsss.stages.pseudo_masks import cam_to_label
@@ -84,8 +85,7 @@ def probe_class_maps(run: Experiment, probe: str) -> Path:
            "model": files_fingerprint([run.run_dir / "model.pt"]), "code": code_fingerprint(),
            "scales": list(run.tta_scales()), "flip": run.config.flip}
     return cached_folder(run.run_dir / "probes" / probe, key, lambda out: infer_class_maps(
-        run.trained_method().class_maps, ds, out, scales=run.tta_scales(), flip=run.config.flip, device=run.device,
-        progress=run.progress, amp=bool(run.config.train.amp)), f"class maps of probe {probe}")
+        run.trained_method().class_maps, ds, out, **class_map_settings(run)), f"class maps of probe {probe}")
 
 
 def probe_mask(run: Experiment, probe: str, sample: dict[str, Any]) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wsss.inference import infer_class_maps
 from wsss.models.backbones import Backbone, build_backbone
 from wsss.scale import PAPER_SCALE, ScalePolicy
 
@@ -136,6 +137,14 @@ class WSSSMethod(nn.Module):
         self.backbone.load_state_dict(source.backbone.state_dict())
         self.initialized.fill_(True)
 
+    def write_class_maps(self, experiment: RunView, split: str, out: Path) -> None:
+        """The class-map stage (cached by the run): the trained network's `class_maps` over `split`
+        with the run's test-time scales and flips, one npz per image in `out` (`wsss.inference`). A
+        method with other per-image outputs from the same network pass writes them here too, in a
+        subfolder (shape cues: its decoder masks), so that the images are not run twice."""
+        infer_class_maps(experiment.trained_method().class_maps, experiment.dataset(split), out,
+                         **class_map_settings(experiment))
+
     def pseudo_labels(self, experiment: RunView, split: str) -> Path | None:
         """Final pseudo masks of `split` as a folder of label PNGs, for methods whose paper refines
         class maps its own way (random walk, SPR, a decoder's output). None: the shared path,
@@ -160,6 +169,13 @@ class WSSSMethod(nn.Module):
         old = [p for p in trainable if id(p) not in new_ids]
         new = [p for p in trainable if id(p) in new_ids]
         return [{"params": old, "lr_mult": 1.0, "name": "backbone"}, {"params": new, "lr_mult": None, "name": "new"}]
+
+
+def class_map_settings(experiment: RunView) -> dict[str, Any]:
+    """`infer_class_maps`' settings for a run: its test-time scales and flips, its device, and bf16
+    when it trained in bf16 (a run is read in the precision it learnt in)."""
+    return dict(scales=experiment.tta_scales(), flip=experiment.config.flip, device=experiment.device,
+                progress=experiment.progress, amp=bool(experiment.config.train.amp))
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

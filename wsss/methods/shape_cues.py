@@ -53,11 +53,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsss.cache import cached_folder
-from wsss.inference import (at_size, multiscale_maps, pack_present, present_with_background, scales_tag,
-                            size_grouped_batches)
+from wsss.inference import at_size, infer_class_maps, multiscale_maps, pack_present, present_with_background
 from wsss.io import IGNORE_INDEX, save_label_png
-from wsss.methods.base import Batch, RunView, WSSSMethod, classification_loss, register_method
+from wsss.methods.base import (Batch, RunView, WSSSMethod, class_map_settings, classification_loss,
+                               register_method)
 from wsss.models.backbones import Backbone
 from wsss.scale import PAPER_SCALE, ScalePolicy
 from wsss.models.heads import DeepLabV3ASPP, conv_gn_relu
@@ -388,30 +387,41 @@ class ShapeCues(WSSSMethod):
 
     # ------------------------------------------------------------------ final masks
 
+    def write_class_maps(self, experiment: RunView, split: str, out: Path) -> None:
+        """Class maps (the decoder's foreground probabilities) and the decoder masks, its final
+        masks, from one multi-scale pass of the decoder's probabilities over `split`: the masks go
+        to `out/decoder_masks`. Two passes cost twice the time for the same network outputs."""
+        model = experiment.trained_method()
+        masks = out / DECODER_MASKS
+        masks.mkdir()
+
+        def save_masks(samples: list[dict[str, Any]], probs: torch.Tensor) -> None:
+            labels = torch.stack([s["label"] for s in samples]).to(probs.device)
+            for s, mask in zip(samples, present_argmax(probs, labels)):
+                save_label_png(masks / f"{s['id']}.png", mask)
+
+        infer_class_maps(model.probabilities, experiment.dataset(split), out, **class_map_settings(experiment),
+                         first_class=1, also=save_masks)
+
     def pseudo_labels(self, experiment: RunView, split: str) -> Path:
-        """The decoder's argmax over background + present classes (the test-time scales the scale
-        policy keeps, and flips), as label PNGs in `<run>/decoder_masks/<split>_s<scales>`."""
-        c = experiment.config
-        scales = experiment.tta_scales()
-        key = experiment.stage_key("decoder_masks", split, scales=list(scales), flip=c.flip)
+        """The decoder's argmax over background + present classes (the run's test-time scales and
+        flips), as label PNGs; made with the class maps of `split` (`write_class_maps`)."""
+        return experiment.class_maps(split) / DECODER_MASKS
 
-        def build(out: Path) -> None:
-            model = experiment.trained_method()
-            for group in size_grouped_batches(experiment.dataset(split)):
-                images = torch.stack([s["image"] for s in group]).to(experiment.device)
-                labels = torch.stack([s["label"] for s in group]).to(experiment.device)
-                for s, mask in zip(group, decoder_masks(model, images, labels, scales, c.flip)):
-                    save_label_png(out / f"{s['id']}.png", mask)
 
-        return cached_folder(experiment.run_dir / "decoder_masks" / f"{split}_{scales_tag(scales, c.flip)}", key,
-                             build, f"decoder masks of {split}")
+DECODER_MASKS = "decoder_masks"
+
+
+def present_argmax(probs: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """(B, H, W) uint8 label maps from (B, 1 + K, H, W) decoder probabilities (or their sum over
+    scales): the argmax over background and the classes of the image labels (B, K); 0 = background,
+    k + 1 = class k."""
+    present = present_with_background(labels)[..., None, None]
+    return probs.masked_fill(~present, -1.0).argmax(dim=1).to(torch.uint8).cpu().numpy()
 
 
 @torch.no_grad()
 def decoder_masks(model: ShapeCues, images: torch.Tensor, labels: torch.Tensor,
                   scales: Sequence[float] = (1.0,), flip: bool = False) -> np.ndarray:
-    """(B, H, W) uint8 label maps: argmax of the (scale- and flip-summed) decoder probabilities,
-    absent classes excluded; 0 = background, k + 1 = class k."""
-    probs = multiscale_maps(model.probabilities, images, scales, flip)
-    present = present_with_background(labels)[..., None, None]
-    return probs.masked_fill(~present, -1.0).argmax(dim=1).to(torch.uint8).cpu().numpy()
+    """`present_argmax` of the decoder probabilities of `images`, summed over scales and flips."""
+    return present_argmax(multiscale_maps(model.probabilities, images, scales, flip), labels)
