@@ -33,7 +33,7 @@ class Knob:
 KNOBS: dict[str, Knob] = {
     "cooccurrence": Knob("p_context", (0.5, 0.7, 0.9, 1.0), ("eps_context",),
                          "probability that a train or a boat stands on its context"),
-    "part_size": Knob("part_scale", (0.5, 1.0, 1.5, 2.0), ("vwl_parts", "mam_recall"),
+    "part_size": Knob("part_scale", (0.5, 1.0, 1.5, 2.0), ("vwl_parts", "mam_recall", "mam_parts"),
                       "length of horn and tail (area about 3, 8, 12 and 16% of the creature)"),
     "edge_strength": Knob("min_tone_contrast", (0.1, 0.3, 0.5, 0.7), ("sance_contours",),
                           "luminance gap between the two tones of an object"),
