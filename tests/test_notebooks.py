@@ -182,6 +182,21 @@ def test_demo_order_starts_the_longest_notebook_first_by_the_last_timing(tmp_pat
     assert demo_order(names, timing) == ["01_cam_baseline", "05_rcm_mam", "02_eps", "09_new"]
 
 
+def test_demo_order_finishes_soonest_where_longest_first_leaves_a_slot_idle(tmp_path: Path) -> None:
+    import json
+
+    from wsss.runner import demo_order, schedule_end
+
+    seconds = {"01": 14, "02": 144, "03": 150, "04": 454, "05": 532, "06": 278}  # a measured quick demo
+    assert schedule_end([532, 454, 278, 150, 144, 14], 2) == 826  # longest first: 02 runs alone at the end
+    timing = tmp_path / "demo_timing.json"
+    timing.write_text(json.dumps(seconds))
+    order = demo_order(list(seconds), timing)
+    assert schedule_end([seconds[n] for n in order], 2) == 810  # {05, 06} beside {04, 03, 02, 01}
+    assert order[:2] == ["05", "04"]  # the two longest still start first
+    assert schedule_end([seconds[n] for n in demo_order(list(seconds), timing, jobs=1)], 1) == sum(seconds.values())
+
+
 def test_quick_demo_switches_off_ablations_and_final_networks_only() -> None:
     from wsss.runner import demo_notebooks, demo_switches, resolve_notebook
 

@@ -37,7 +37,7 @@ KNOBS: dict[str, Knob] = {
                       "length of horn and tail (area about 3, 8, 12 and 16% of the creature)"),
     "edge_strength": Knob("min_tone_contrast", (0.1, 0.3, 0.5, 0.7), ("sance_contours",),
                           "luminance gap between the two tones of an object"),
-    "saliency_bias": Knob("p_saliency_miss_small", (0.0, 0.4, 0.7, 1.0), ("eps_pseudo",),
+    "saliency_bias": Knob("p_saliency_miss_small", (0.0, 0.4, 0.7, 1.0), ("eps_pseudo", "eps_small"),
                           "probability that the saliency detector misses a small object"),
 }
 
