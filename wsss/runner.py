@@ -41,8 +41,8 @@ FULL_ONLY_NOTEBOOKS: tuple[str, ...] = ("08_probes",)
 MAIN_ONLY: dict[str, Any] = {"ablations": False, "final_methods": [], "upper_bound": False}
 FULL_DEMO_COMMAND = ".venv/bin/wsss demo --full --jobs 2"
 # Seconds each method notebook took in the quick demo (one thread each, two side by side, fp32, this
-# 2-core machine), used only to start the longest first when no timing of an earlier demo is at hand
-# (`demo_order`): a short notebook left alone at the end would leave a core idle.
+# 2-core machine), used only to order the notebooks when no timing of an earlier demo is at hand
+# (`demo_order`): a notebook left alone at the end would leave a core idle.
 QUICK_DEMO_SECONDS: dict[str, float] = {"01_cam_baseline": 14, "02_eps": 144, "03_vwl": 150, "04_sance": 454,
                                         "05_rcm_mam": 532, "06_shape_cues": 278}
 

@@ -102,9 +102,14 @@ def tta_maps(method: WSSSMethod, images: torch.Tensor, scales: Sequence[float], 
              stride: int = 4, amp: bool = False) -> torch.Tensor:
     """`method.maps` of a contour method (contour channel first) averaged over scales and flips, at
     1/`stride` of the resolution of `images`; `amp`: the network runs under bf16 autocast."""
-    size = (math.ceil(images.shape[-2] / stride), math.ceil(images.shape[-1] / stride))
     total = multiscale_maps(in_bf16(method.maps, images.device) if amp else method.maps, images, scales, flip)
-    return F.interpolate(total / (len(scales) * (2 if flip else 1)), size=size, mode="area")
+    return _mean_at_stride(total, len(scales) * (2 if flip else 1), stride)
+
+
+def _mean_at_stride(total: torch.Tensor, passes: int, stride: int) -> torch.Tensor:
+    """A sum of `passes` maps at image resolution, averaged and area-pooled to 1/`stride` of it."""
+    size = (math.ceil(total.shape[-2] / stride), math.ceil(total.shape[-1] / stride))
+    return F.interpolate(total / passes, size=size, mode="area")
 
 
 @torch.no_grad()
@@ -122,11 +127,10 @@ def walk_inputs(method: WSSSMethod, images: torch.Tensor, params: PseudoLabelPar
     seg_scales = params.scales if params.source == "seg" else ()
     per_scale = {s: multiscale_maps(map_fn, images, (s,), params.flip)
                  for s in dict.fromkeys((*seg_scales, *contour_scales))}
-    size = (math.ceil(images.shape[-2] / params.stride), math.ceil(images.shape[-1] / params.stride))
 
     def mean(scales: Sequence[float], channels: slice) -> torch.Tensor:
         total = sum(per_scale[s][:, channels] for s in scales)  # in `scales` order, as `multiscale_maps` sums
-        return F.interpolate(total / (len(scales) * (2 if params.flip else 1)), size=size, mode="area")
+        return _mean_at_stride(total, len(scales) * (2 if params.flip else 1), params.stride)
 
     return mean(contour_scales, slice(0, 1)), mean(seg_scales, slice(2, None)) if seg_scales else None
 
