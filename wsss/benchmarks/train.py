@@ -20,13 +20,16 @@ from contextlib import nullcontext
 import torch
 
 from wsss.methods.base import available_methods, build_method, method_class
+from wsss.scale import ScalePolicy
 from wsss.train import fast_bf16, to_device
 
 
 def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, warmup: int, device: str,
           amp: bool, num_classes: int = 8, channels_last: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
-    method = to_device(build_method(method_name, num_classes, backbone), device, channels_last)
+    # Settings that depend on the image size (radii, rates, scales) as a run on `size` px images has them.
+    method = to_device(build_method(method_name, num_classes, backbone, scale=ScalePolicy(size)), device,
+                       channels_last)
     dev_type = torch.device(device).type
     cuda = dev_type == "cuda"
     method.train()

@@ -185,8 +185,13 @@ class _ContourMethod(WSSSMethod):
             raise ValueError(f"the contour map lives at 1/4 resolution: the first backbone stage must have "
                              f"stride 4, not {backbone.strides[0]}")
         self.seed_fg, self.seed_bg = seed_fg, seed_bg
+        # delta-hat of Eq. 3 (IRNet's radius 10) is a neighbourhood in cells of the paper's 1/4 map,
+        # converted by the scale policy like every radius: 2 on 96 px images' 24-cell maps (the
+        # 8-neighbourhood), where 10 cells reached across 40% of the map. At least 2: radius 1 holds
+        # no neighbour (d < 1).
+        self.loss_radius = self.scale.size(loss_radius, CONTOUR_STRIDE, CONTOUR_STRIDE, floor=2)
         self.loss_offsets: torch.Tensor
-        self.register_buffer("loss_offsets", neighbor_offsets(loss_radius, half=True), persistent=False)
+        self.register_buffer("loss_offsets", neighbor_offsets(self.loss_radius, half=True), persistent=False)
         self.loss_power = loss_power
         self.detach_contour = detach_contour
         self.contour = ContourBranch(backbone.channels, contour_width)
@@ -246,6 +251,7 @@ class IRNContour(_ContourMethod):
     """Table 1's baseline: contour branch supervised by CAM-seed affinities only."""
 
     name = "irn_contour"
+    revision = 1  # 1: loss radius from the scale policy
 
     def new_modules(self) -> list[nn.Module]:
         return [self.contour]
@@ -283,7 +289,7 @@ class SANCE(_ContourMethod):
 
     name = "sance"
     notebook = "04_sance"
-    revision = 1  # 1: ASPP rates and online-walk steps from the scale policy
+    revision = 2  # 1: ASPP rates and online-walk steps from the scale policy; 2: loss radius from it
     default_source = "seg"
     refine_modes: ClassVar[tuple[str | None, ...]] = ("crf", None)
 
