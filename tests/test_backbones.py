@@ -91,3 +91,31 @@ def test_output_stride_8_keeps_the_resolution_of_the_last_two_stages(name: str) 
         assert net(torch.zeros(1, 3, 96, 128))[-1].shape[-2:] == (12, 16)
     with pytest.raises(ValueError, match="unknown backbone"):
         build_backbone("resnet50-os4")
+
+
+@pytest.mark.parametrize("method,backbone,options", [("cam", "small", {}), ("cam", "resnet18", {}),
+                                                     ("shape_cues", "small", {}), ("sance", "small", {}),
+                                                     ("cam", "small", {"norm": "gn"})])
+def test_folded_batch_norms_give_the_same_maps_and_leave_the_model_alone(method, backbone, options) -> None:
+    from wsss.methods.base import build_method
+    from wsss.models.fusion import folded_for_inference
+
+    torch.manual_seed(0)
+    model = build_method(method, 5, backbone, backbone_options=options)
+    for m in model.modules():  # statistics far from the identity, so that a missed fold shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    folded = folded_for_inference(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected, got = model.class_maps(x), folded.class_maps(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    bn_left = [m for bb in folded.modules() if bb.__class__.__name__ == "Backbone" for m in bb.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not bn_left, "every batch norm of the backbone is folded"
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()), "the original is unchanged"

@@ -153,9 +153,9 @@ def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_ro
     monkeypatch.setenv("WSSS_REPORTS", str(tmp_path / "reports"))  # the suite's shared folder holds other rows
 
     timings = run_demo("tiny", ("00_dataset", "01_cam_baseline", "03_vwl"), progress=False, jobs=2)
-    assert {"00_dataset", "cam_first_stage", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
+    assert {"00_dataset", "01_cam_baseline", "03_vwl", "total"} <= set(timings)
     out = capsys.readouterr().out
-    assert out.index("[demo] started 03_vwl") < out.index("[demo] started 01_cam_baseline"), "longest first"
+    assert out.index("[demo] started 01_cam_baseline") < out.index("[demo] started 03_vwl"), "the baseline first"
     for name in ("01_cam_baseline", "03_vwl"):
         nb = nbformat.read(reports_dir() / "demo" / f"{name}.ipynb", as_version=4)
         assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -169,31 +169,46 @@ def test_quick_demo_runs_main_runs_side_by_side_and_says_what_it_skipped(tiny_ro
     assert FULL_DEMO_COMMAND in out
 
 
-def test_demo_order_starts_the_longest_notebook_first_by_the_last_timing(tmp_path: Path) -> None:
+def test_demo_order_starts_the_baseline_then_the_longest_notebook_by_the_last_timing(tmp_path: Path) -> None:
     import json
 
     from wsss.runner import QUICK_DEMO_SECONDS, demo_order
 
-    names = ["01_cam_baseline", "02_eps", "05_rcm_mam", "09_new"]
-    assert demo_order(names, tmp_path / "absent.json") == ["05_rcm_mam", "02_eps", "01_cam_baseline", "09_new"]
-    assert QUICK_DEMO_SECONDS["05_rcm_mam"] > QUICK_DEMO_SECONDS["02_eps"] > QUICK_DEMO_SECONDS["01_cam_baseline"]
+    names = ["02_eps", "03_vwl", "01_cam_baseline", "09_new"]
+    assert QUICK_DEMO_SECONDS["03_vwl"] > QUICK_DEMO_SECONDS["02_eps"]
+    assert demo_order(names, tmp_path / "absent.json") == ["01_cam_baseline", "03_vwl", "02_eps", "09_new"]
     timing = tmp_path / "demo_timing.json"
-    timing.write_text(json.dumps({"01_cam_baseline": 900.0, "09_new": 50, "jobs": 2, "full": False}))
-    assert demo_order(names, timing) == ["01_cam_baseline", "05_rcm_mam", "02_eps", "09_new"]
+    timing.write_text(json.dumps({"02_eps": 900.0, "09_new": 50, "jobs": 2, "full": False}))
+    assert demo_order(names, timing) == ["01_cam_baseline", "02_eps", "03_vwl", "09_new"]
 
 
-def test_demo_order_finishes_soonest_where_longest_first_leaves_a_slot_idle(tmp_path: Path) -> None:
+def test_schedule_holds_a_notebook_that_needs_the_first_until_it_ends() -> None:
+    from wsss.runner import schedule_end
+
+    assert schedule_end([100, 50, 50], 2) == 100  # nothing waits: 50 + 50 beside 100
+    assert schedule_end([100, 50, 50], 2, [False, True, False]) == 150  # the second idles until 100
+    assert schedule_end([100, 50, 50], 1, [False, True, True]) == 200
+
+
+def test_demo_order_finishes_soonest_and_starts_the_baseline_free_notebook_beside_the_baseline(
+        tmp_path: Path) -> None:
     import json
 
     from wsss.runner import demo_order, schedule_end
 
-    seconds = {"01": 14, "02": 144, "03": 150, "04": 454, "05": 532, "06": 278}  # a measured quick demo
-    assert schedule_end([532, 454, 278, 150, 144, 14], 2) == 826  # longest first: 02 runs alone at the end
+    seconds = {"01_cam_baseline": 129, "02_eps": 138, "03_vwl": 144, "04_sance": 315, "05_rcm_mam": 415,
+               "06_shape_cues": 265}
     timing = tmp_path / "demo_timing.json"
     timing.write_text(json.dumps(seconds))
     order = demo_order(list(seconds), timing)
-    assert schedule_end([seconds[n] for n in order], 2) == 810  # {05, 06} beside {04, 03, 02, 01}
-    assert order[:2] == ["05", "04"]  # the two longest still start first
+    assert order[:2] == ["01_cam_baseline", "05_rcm_mam"], "05 needs nothing of 01's run: it starts beside it"
+    waits = [i > 0 and n != "05_rcm_mam" for i, n in enumerate(order)]
+    best = schedule_end([seconds[n] for n in order], 2, waits)
+    # Longest first after the baseline leaves a slot idle at the end: 01 + 04 + 03 + 02 = 726 s
+    # against 05 + 06 = 680 s; the best order evens the slots out to 709 s.
+    longest_first = ["01_cam_baseline", "05_rcm_mam", "04_sance", "06_shape_cues", "03_vwl", "02_eps"]
+    assert schedule_end([seconds[n] for n in longest_first], 2, waits) == 726
+    assert best == 709
     assert schedule_end([seconds[n] for n in demo_order(list(seconds), timing, jobs=1)], 1) == sum(seconds.values())
 
 

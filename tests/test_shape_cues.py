@@ -207,7 +207,8 @@ def test_class_maps_and_decoder_masks_come_from_one_pass_and_equal_two(tiny_root
     model = build_method("shape_cues", ds.num_classes, "small", backbone_init=None).eval()
     calls = []
     model.probabilities = lambda x, f=model.probabilities: calls.append(len(x)) or f(x)  # type: ignore[method-assign]
-    run = SimpleNamespace(trained_method=lambda: model, dataset=lambda split: ds, tta_scales=lambda: (1.0, 1.5),
+    run = SimpleNamespace(trained_method=lambda: model, inference_method=lambda: model, dataset=lambda split: ds,
+                          tta_scales=lambda: (1.0, 1.5),
                           config=SimpleNamespace(flip=True, train=SimpleNamespace(amp=False)),
                           device=torch.device("cpu"), progress=False, class_maps=lambda split: tmp_path / "joint")
     (tmp_path / "joint").mkdir()

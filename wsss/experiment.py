@@ -30,6 +30,7 @@ from wsss.io import write_json
 from wsss.paths import portable, runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
 from wsss.models.backbones import weights_digest
+from wsss.models.fusion import folded_for_inference
 from wsss.stages.pseudo_masks import write_pseudo_masks
 from wsss.refine.crf import CRFParams
 from wsss.scale import PAPER_SCALE, ScalePolicy
@@ -370,6 +371,11 @@ class Experiment:
         self._refuse_changed_training_inputs()
         m = to_device(load_model(self.method, self.run_dir), self.device)
         return m.eval()
+
+    def inference_method(self) -> WSSSMethod:
+        """`trained_method` for passes over whole splits: a copy with the backbones' batch norms
+        folded into their convolutions (the same maps to float rounding, faster; `wsss.models.fusion`)."""
+        return folded_for_inference(self.trained_method())
 
     def data_key(self, split: str) -> dict[str, str]:
         """What a split's cached outputs depend on in the data: its exact ids and the files behind

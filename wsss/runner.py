@@ -22,7 +22,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from wsss.cache import digest
 from wsss.io import write_json
@@ -40,6 +40,12 @@ FULL_ONLY_NOTEBOOKS: tuple[str, ...] = ("08_probes",)
 # comparison. `wsss demo --full` runs them.
 MAIN_ONLY: dict[str, Any] = {"ablations": False, "final_methods": [], "upper_bound": False}
 FULL_DEMO_COMMAND = ".venv/bin/wsss demo --full --jobs 2"
+# The notebook whose main run, the CAM baseline, the other method notebooks start from or compare
+# with: the demo starts it first. Those in BASELINE_FREE_NOTEBOOKS do not read that run before it is
+# made (05 trains its own CAM baseline, at its shorter schedule), so they start beside it; any other
+# would only wait on its lock, its core idle.
+BASELINE_NOTEBOOK = "01_cam_baseline"
+BASELINE_FREE_NOTEBOOKS = frozenset({"05_rcm_mam"})
 # Seconds each method notebook took in the quick demo (one thread each, two side by side, fp32, this
 # 2-core machine), used only to order the notebooks when no timing of an earlier demo is at hand
 # (`demo_order`): a notebook left alone at the end would leave a core idle.
@@ -199,8 +205,8 @@ def run_demo(preset: str = "quick", notebooks: tuple[str, ...] | None = None, pr
     stands, with the claims study over `seeds` seeds (`wsss study`) before the comparison, into
     reports/. Either table starts empty (its earlier rows go to its metrics_history.csv).
     With `jobs` > 1 the method notebooks run side by side, each in its own process with
-    cores // jobs threads (notebooks that need the same run wait on its lock, see
-    `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
+    cores // jobs threads, in the order of `demo_order` (notebooks that need the same run wait on
+    its lock, see `wsss.io.exclusive`); the dataset notebook runs first and the comparison last, alone.
     """
     notebooks = notebooks or demo_notebooks(full)
     out_dir = reports_dir() if full else demo_reports_dir()
@@ -233,9 +239,6 @@ def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool
     for name in first:
         timings[name] = _timed_notebook(name, params[name], out_dir, progress)
     if jobs > 1 and len(middle) > 1:
-        t = time.perf_counter()
-        _shared_first_stage(preset, progress)
-        timings["cam_first_stage"] = time.perf_counter() - t
         middle = demo_order(middle, out_dir / "demo_timing.json", jobs)
         timings.update(_parallel_notebooks(middle, params, out_dir, jobs))
     else:
@@ -262,49 +265,48 @@ def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool
     return timings
 
 
-def _shared_first_stage(preset: str, progress: bool) -> None:
-    """Train the CAM baseline's main run and make its class maps with every core, before the method
-    notebooks start side by side: each of them starts from it or compares with it, and would
-    otherwise wait on its lock while one core trains it and the other idles."""
-    from wsss.compare import main_experiment
-
-    print("[demo] the CAM baseline's main run and class maps first, on every core (each method notebook "
-          "uses them)", flush=True)
-    exp = main_experiment(preset, "cam", progress=progress)
-    exp.train()
-    for split in (exp.config.train_split, exp.config.eval_split):
-        exp.class_maps(split)
-
-
 def demo_order(names: list[str], timing_file: Path, jobs: int = 2) -> list[str]:
     """The order in which `jobs` slots, each taking the next notebook when it frees, finish soonest,
     by the seconds an earlier demo wrote to `timing_file`, else by `QUICK_DEMO_SECONDS`; unknown
-    ones last, in their order. Longest first is the start (and kept on ties); every order of up to
-    `EXACT_ORDER_MAX` known notebooks is then tried, since longest first can leave one slot idle
+    ones last, in their order. `BASELINE_NOTEBOOK` comes first, and the notebooks that need its run
+    wait until it ends (`schedule_end`). Longest first is the start (and kept on ties); every order of
+    up to `EXACT_ORDER_MAX` known notebooks is then tried, since longest first can leave one slot idle
     for a minute and more at the end (measured: 826 s vs 810 s for the quick demo's six)."""
     seconds = dict(QUICK_DEMO_SECONDS)
     if timing_file.is_file():
         seconds.update({k: v for k, v in json.loads(timing_file.read_text()).items()
                         if k in names and isinstance(v, (int, float))})
-    known = sorted((n for n in names if n in seconds), key=lambda n: -seconds[n])
-    unknown = [n for n in names if n not in seconds]
-    best, best_end = known, schedule_end([seconds[n] for n in known], jobs)
+    first = [n for n in names if n == BASELINE_NOTEBOOK]
+    known = sorted((n for n in names if n in seconds and n not in first), key=lambda n: -seconds[n])
+    unknown = [n for n in names if n not in seconds and n not in first]
+
+    def end(order: Sequence[str]) -> float:
+        chain = [*first, *order]
+        return schedule_end([seconds.get(n, 0.0) for n in chain], jobs,
+                            [bool(first) and i > 0 and n not in BASELINE_FREE_NOTEBOOKS for i, n in enumerate(chain)])
+
+    best, best_end = known, end(known)
     if len(known) <= EXACT_ORDER_MAX:
         for order in itertools.permutations(known):
-            end = schedule_end([seconds[n] for n in order], jobs)
-            if end < best_end - 1e-9:
-                best, best_end = list(order), end
-    return [*best, *unknown]
+            if end(order) < best_end - 1e-9:
+                best, best_end = list(order), end(order)
+    return [*first, *best, *unknown]
 
 
 EXACT_ORDER_MAX = 8  # 8! = 40,320 orders, a fraction of a second
 
 
-def schedule_end(durations: list[float], jobs: int) -> float:
-    """When the last of `durations` ends if `jobs` slots each take the next one as soon as they free."""
+def schedule_end(durations: list[float], jobs: int, waits_for_first: Sequence[bool] | None = None) -> float:
+    """When the last of `durations` ends if `jobs` slots each take the next one as soon as they free;
+    one marked in `waits_for_first` holds its slot without progress until the first one has ended."""
     free = [0.0] * max(1, jobs)
-    for d in durations:
-        free[free.index(min(free))] += d
+    first_end = 0.0
+    for i, d in enumerate(durations):
+        slot = free.index(min(free))
+        start = max(free[slot], first_end) if waits_for_first and waits_for_first[i] else free[slot]
+        free[slot] = start + d
+        if i == 0:
+            first_end = free[slot]
     return max(free)
 
 

@@ -30,7 +30,7 @@ def contour_scores(experiment: RunView, split: str | None = None, scales: Sequen
     key = experiment.stage_key("contours", split, scales=list(scales), flip=flip, depths_px=list(INSIDE_DEPTHS_PX))
 
     def compute() -> dict[str, Any]:
-        method, device = experiment.trained_method(), experiment.device
+        method, device = experiment.inference_method(), experiment.device
         fmeter, mass = ContourFMeter(), ContourMassMeter(depths_px=INSIDE_DEPTHS_PX)
         for group in size_grouped_batches(experiment.dataset(split)):
             images = torch.stack([s["image"] for s in group]).to(device)

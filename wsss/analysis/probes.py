@@ -85,7 +85,7 @@ def probe_class_maps(run: Experiment, probe: str) -> Path:
            "model": files_fingerprint([run.run_dir / "model.pt"]), "code": code_fingerprint(),
            "scales": list(run.tta_scales()), "flip": run.config.flip}
     return cached_folder(run.run_dir / "probes" / probe, key, lambda out: infer_class_maps(
-        run.trained_method().class_maps, ds, out, **class_map_settings(run)), f"class maps of probe {probe}")
+        run.inference_method().class_maps, ds, out, **class_map_settings(run)), f"class maps of probe {probe}")
 
 
 def probe_mask(run: Experiment, probe: str, sample: dict[str, Any]) -> np.ndarray:

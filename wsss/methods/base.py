@@ -46,6 +46,8 @@ class RunView(Protocol):
 
     def trained_method(self) -> "WSSSMethod": ...
 
+    def inference_method(self) -> "WSSSMethod": ...
+
     def cam_run(self) -> "RunView": ...
 
     def related_run(self, method: str, **options: Any) -> "RunView": ...
@@ -142,7 +144,7 @@ class WSSSMethod(nn.Module):
         with the run's test-time scales and flips, one npz per image in `out` (`wsss.inference`). A
         method with other per-image outputs from the same network pass writes them here too, in a
         subfolder (shape cues: its decoder masks), so that the images are not run twice."""
-        infer_class_maps(experiment.trained_method().class_maps, experiment.dataset(split), out,
+        infer_class_maps(experiment.inference_method().class_maps, experiment.dataset(split), out,
                          **class_map_settings(experiment))
 
     def pseudo_labels(self, experiment: RunView, split: str) -> Path | None:

@@ -391,7 +391,7 @@ class ShapeCues(WSSSMethod):
         """Class maps (the decoder's foreground probabilities) and the decoder masks, its final
         masks, from one multi-scale pass of the decoder's probabilities over `split`: the masks go
         to `out/decoder_masks`. Two passes cost twice the time for the same network outputs."""
-        model = experiment.trained_method()
+        model = experiment.inference_method()
         masks = out / DECODER_MASKS
         masks.mkdir()
 

@@ -159,7 +159,7 @@ def _seed_run(experiment: RunView) -> RunView:
 
 @torch.no_grad()
 def _write_propagated_maps(experiment: RunView, split: str, params: PseudoLabelParams, out: Path) -> None:
-    method, device = experiment.trained_method(), experiment.device
+    method, device = experiment.inference_method(), experiment.device
     amp = bool(experiment.config.train.amp)  # read in the precision the run trained in
     ds = experiment.dataset(split)
     cam_dir = _seed_run(experiment).class_maps(split) if params.source == "cam" else None
