@@ -160,6 +160,9 @@ def small_images(images: torch.Tensor, size: Sequence[int]) -> np.ndarray:
 
 
 CONTOUR_STRIDE = 4  # the contour branch's map, where the online and final walks run (IRNet's)
+# The largest walk radius in cells of the contour map: SANCE's online walk (delta = 3, kept by the
+# scale policy); the final walk's delta = 5 runs at twice the resolution on small images (2.5 cells).
+WALK_RADIUS_CELLS = 3
 PAPER_BACKBONE_STRIDE = 16  # the paper's main backbone (ResNet101, output stride 16)
 ASPP_RATES: tuple[int, ...] = (6, 12, 18, 24)  # DeepLab v2's ASPP, the segmentation branch ("Aspp [8]")
 
@@ -186,10 +189,11 @@ class _ContourMethod(WSSSMethod):
                              f"stride 4, not {backbone.strides[0]}")
         self.seed_fg, self.seed_bg = seed_fg, seed_bg
         # delta-hat of Eq. 3 (IRNet's radius 10) is a neighbourhood in cells of the paper's 1/4 map,
-        # converted by the scale policy like every radius: 2 on 96 px images' 24-cell maps (the
-        # 8-neighbourhood), where 10 cells reached across 40% of the map. At least 2: radius 1 holds
-        # no neighbour (d < 1).
-        self.loss_radius = self.scale.size(loss_radius, CONTOUR_STRIDE, CONTOUR_STRIDE, floor=2)
+        # converted by the scale policy like every radius (2 on 96 px images' 24-cell maps, where 10
+        # cells reach across 40% of the map), but never below the walks' radius on this map: in the
+        # papers the loss trains every pair a walk propagates through (delta-hat 10 > delta 3
+        # online, 5 final), and the policy keeps walk radii (SANCE's online walk: 3 cells).
+        self.loss_radius = self.scale.size(loss_radius, CONTOUR_STRIDE, CONTOUR_STRIDE, floor=WALK_RADIUS_CELLS)
         self.loss_offsets: torch.Tensor
         self.register_buffer("loss_offsets", neighbor_offsets(self.loss_radius, half=True), persistent=False)
         self.loss_power = loss_power
