@@ -255,7 +255,7 @@ class IRNContour(_ContourMethod):
     """Table 1's baseline: contour branch supervised by CAM-seed affinities only."""
 
     name = "irn_contour"
-    revision = 1  # 1: loss radius from the scale policy
+    revision = 2  # 1, 2: loss radius from the scale policy (2: at least the walks' radius)
 
     def new_modules(self) -> list[nn.Module]:
         return [self.contour]
@@ -293,7 +293,7 @@ class SANCE(_ContourMethod):
 
     name = "sance"
     notebook = "04_sance"
-    revision = 2  # 1: ASPP rates and online-walk steps from the scale policy; 2: loss radius from it
+    revision = 3  # 1: ASPP rates and online-walk steps from the scale policy; 2, 3: loss radius from it
     default_source = "seg"
     refine_modes: ClassVar[tuple[str | None, ...]] = ("crf", None)
 
