@@ -49,8 +49,8 @@ BASELINE_FREE_NOTEBOOKS = frozenset({"05_rcm_mam"})
 # Seconds each method notebook took in the quick demo (one thread each, two side by side, fp32, this
 # 2-core machine), used only to order the notebooks when no timing of an earlier demo is at hand
 # (`demo_order`): a notebook left alone at the end would leave a core idle.
-QUICK_DEMO_SECONDS: dict[str, float] = {"01_cam_baseline": 129, "02_eps": 138, "03_vwl": 144, "04_sance": 315,
-                                        "05_rcm_mam": 415, "06_shape_cues": 265}
+QUICK_DEMO_SECONDS: dict[str, float] = {"01_cam_baseline": 144, "02_eps": 152, "03_vwl": 156, "04_sance": 334,
+                                        "05_rcm_mam": 434, "06_shape_cues": 308}
 
 
 def demo_notebooks(full: bool = False) -> tuple[str, ...]:
