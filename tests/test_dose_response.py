@@ -70,8 +70,8 @@ def test_rows_merge_by_knob_strength_and_claim(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_sweep_trains_each_strength_and_writes_its_rows(tiny_root: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("WSSS_REPORTS", str(tmp_path / "reports"))
-    rows = measure_dose_response("cooccurrence", "tiny", 2, strengths=(0.5, 0.9), run_root=str(tmp_path / "runs"),
-                                 max_steps=1, log=lambda _: None)
+    rows = measure_dose_response("cooccurrence", "tiny", 2, strengths=(0.5, 0.9), claims=("eps_context",),
+                                 run_root=str(tmp_path / "runs"), max_steps=1, log=lambda _: None)
     assert [(r["strength"], r["claim"], r["seeds"]) for r in rows] == [(0.5, "eps_context", 2), (0.9, "eps_context", 2)]
     assert [r["strength"] for r in read_dose_response()] == [0.5, 0.9]
     configs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/config.json")]

@@ -31,7 +31,7 @@ class Knob:
 
 
 KNOBS: dict[str, Knob] = {
-    "cooccurrence": Knob("p_context", (0.5, 0.7, 0.9, 1.0), ("eps_context",),
+    "cooccurrence": Knob("p_context", (0.5, 0.7, 0.9, 1.0), ("eps_context", "shape_cues_boundary"),
                          "probability that a train or a boat stands on its context"),
     "part_size": Knob("part_scale", (0.5, 1.0, 1.5, 2.0), ("vwl_parts", "mam_recall", "mam_parts"),
                       "length of horn and tail (area about 3, 8, 12 and 16% of the creature)"),
