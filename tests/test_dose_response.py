@@ -76,3 +76,19 @@ def test_a_sweep_trains_each_strength_and_writes_its_rows(tiny_root: Path, tmp_p
     assert [r["strength"] for r in read_dose_response()] == [0.5, 0.9]
     configs = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/config.json")]
     assert {Path(c["data_root"]).name if c["data_root"] else None for c in configs} == {None, "synthvoc-tiny-s0-p_context0.5"}
+
+
+def test_conditions_say_where_each_claim_holds_from_the_curves() -> None:
+    from wsss.dose_response import conditions_markdown
+
+    def row(strength: float, diff: float, verdict: str) -> dict:
+        return {"paper": "EPS", "claim": "eps_context", "knob": "cooccurrence", "field": "p_context",
+                "text": "saliency removes co-occurring context", "metric": "context_fp_rate", "better": "lower",
+                "method": "eps", "baseline": "cam", "strength": strength, "diff_mean": diff, "seeds": 3,
+                "verdict": verdict}
+
+    text = conditions_markdown([row(0.9, -0.2, "reproduced"), row(0.5, -0.01, "inconclusive"),
+                                row(0.7, -0.1, "reproduced")])
+    assert text.startswith("**EPS.**")
+    assert "inconclusive at 0.5; reproduced at 0.7, 0.9" in text
+    assert "from -1.0 to -20.0 points" in text  # ordered by strength, not by row

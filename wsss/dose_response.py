@@ -96,6 +96,28 @@ def write_dose_response(rows: Sequence[dict[str, Any]], folder: str | Path | Non
     return path
 
 
+def conditions_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """One paragraph per method, from the measured curves: for each of its claims and knobs, the
+    strengths at which the claim is reproduced, contradicted or inconclusive (95% CI over seeds),
+    and the range of the effect in points."""
+    paragraphs = []
+    for paper in dict.fromkeys(r["paper"] for r in rows):
+        sentences = []
+        for claim, knob in dict.fromkeys((r["claim"], r["knob"]) for r in rows if r["paper"] == paper):
+            pts = sorted((r for r in rows if r["claim"] == claim and r["knob"] == knob), key=lambda r: r["strength"])
+            by_verdict = {v: ", ".join(f"{r['strength']:g}" for r in pts if r["verdict"] == v)
+                          for v in dict.fromkeys(r["verdict"] for r in pts)}
+            effects = [100 * r["diff_mean"] for r in pts]
+            seeds = sorted({int(r["seeds"]) for r in pts})
+            sentences.append(
+                f"*{pts[0]['text']}* ({claim}: {pts[0]['metric']}, {pts[0]['better']} is better) over "
+                f"{pts[0]['field']}: " + "; ".join(f"{v} at {at}" for v, at in by_verdict.items())
+                + f"; {pts[0]['method']} - {pts[0]['baseline']} from {effects[0]:+.1f} to {effects[-1]:+.1f} points "
+                f"(lowest strength to highest), {'-'.join(map(str, seeds))} seeds.")
+        paragraphs.append(f"**{paper}.** " + " ".join(sentences))
+    return "\n\n".join(paragraphs)
+
+
 def plot_dose_response(rows: Sequence[dict[str, Any]], knob: str):
     """Left: the effect (method - baseline, points, with its 95% interval) against the knob's
     strength, one line per claim; a single seed has no interval and is drawn as a bare point.

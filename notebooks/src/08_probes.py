@@ -101,8 +101,8 @@ print(viz.markdown_table(part_rows, columns, percent=columns[1:]))
 # Nothing is trained here: these are the rows `wsss dose-response --knob K --seeds 3` and
 # `wsss part-interventions --seeds 3` stored in `reports/`. Left of each dose-response plot, a
 # claim's effect (method - baseline, 95% CI over seeds) against the strength of its phenomenon;
-# right, both arms. Below it, each method's part-intervention measures against the CAM's, paired
-# by seed.
+# right, both arms. Then, per method, where each claim holds along its knob (the verdicts of the
+# curves). Below it, each method's part-intervention measures against the CAM's, paired by seed.
 
 # %%
 from wsss import dose_response
@@ -110,7 +110,9 @@ from wsss import dose_response
 stored = [r for r in dose_response.read_dose_response() if r["preset"] == preset]
 for knob in dict.fromkeys(r["knob"] for r in stored):
     display(dose_response.plot_dose_response(stored, knob))
-if not stored:
+if stored:  # where each claim holds, from the curves above
+    display(Markdown(dose_response.conditions_markdown(stored)))
+else:
     print(f"no dose-response rows at preset {preset} yet: wsss dose-response --knob cooccurrence --preset {preset}")
 stored = [r for r in probes.read_part_interventions() if r["preset"] == preset]
 if any(r["method"] == "cam" for r in stored):
