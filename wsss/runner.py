@@ -288,8 +288,9 @@ def demo_order(names: list[str], timing_file: Path, jobs: int = 2) -> list[str]:
     best, best_end = known, end(known)
     if len(known) <= EXACT_ORDER_MAX:
         for order in itertools.permutations(known):
-            if end(order) < best_end - 1e-9:
-                best, best_end = list(order), end(order)
+            order_end = end(order)
+            if order_end < best_end - 1e-9:
+                best, best_end = list(order), order_end
     return [*first, *best, *unknown]
 
 
