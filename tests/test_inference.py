@@ -72,3 +72,33 @@ def test_explain_gives_a_runs_stored_class_maps_for_any_image(tiny_root, tmp_pat
     assert overlay(other.images[0], other.maps[0][0]).shape == (37, 53, 3)
     with pytest.raises(ValueError, match="class_names"):
         explain(run.trained_method(), [path])
+
+
+def test_loader_processes_give_the_same_batches_and_maps(tiny_voc_sized_root, tmp_path) -> None:
+    """Reading images in worker processes changes nothing but speed: the same size groups in the
+    same order, and class maps equal to those read in the main process. The wait for each batch
+    is counted for the stage (`DATA_WAIT`)."""
+    import numpy as np
+
+    from wsss.data.transforms import eval_transform
+    from wsss.data.voc import VOCDataset
+    from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
+    from wsss.progress import DATA_WAIT
+
+    ds = VOCDataset(tiny_voc_sized_root, "train", transform=eval_transform(), with_mask=False)
+    inline = [[s["id"] for s in g] for g in size_grouped_batches(ds, 8)]
+    in_workers = [[s["id"] for s in g] for g in size_grouped_batches(ds, 8, num_workers=2)]
+    assert in_workers == inline and sum(map(len, inline)) == len(ds)
+    assert any(len(g) < 8 for g in inline[:-1])  # VOC shapes split chunks into several groups
+
+    def maps(images: torch.Tensor) -> torch.Tensor:
+        means = _stride16_means(images)  # (B, 1, h, w)
+        return means * torch.linspace(0.5, 1.5, len(ds.class_names))[:, None, None]
+
+    waited_before = DATA_WAIT.get("class_maps", 0.0)
+    a = infer_class_maps(maps, ds, tmp_path / "inline", scales=(1.0,), progress=False)
+    b = infer_class_maps(maps, ds, tmp_path / "workers", scales=(1.0,), progress=False, num_workers=2)
+    assert DATA_WAIT["class_maps"] > waited_before
+    for image_id in ds.ids:
+        (ka, ca), (kb, cb) = load_cam(a / f"{image_id}.npz"), load_cam(b / f"{image_id}.npz")
+        assert np.array_equal(ka, kb) and np.array_equal(ca, cb)

@@ -190,6 +190,8 @@ def test_training_under_no_grad_still_learns(tiny_root: Path, tmp_path: Path) ->
         result = train(method, ds, TrainConfig(epochs=1, batch_size=8, lr=2e-3, progress=False), tmp_path / "run")
     assert result.steps > 0
     assert any(not torch.equal(p, b) for p, b in zip(method.parameters(), before))
+    # The first batch is read from disk, in the loop's process: a stall the run records.
+    assert 0 < result.data_wait_seconds < result.seconds
 
 
 def _signal_at_update(update: int, start: int, pre: list[int], post: list[int]) -> list:
@@ -354,3 +356,30 @@ def test_bf16_inference_returns_fp32_maps_close_to_fp32_ones() -> None:
     assert fast.dtype == torch.float32
     assert not torch.equal(fast, exact)  # it did run in bf16
     assert torch.allclose(fast, exact, atol=0.05 * exact.abs().max().item())
+
+
+def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m wsss.benchmarks.pipeline` on a cut of the full preset (VOC's image shapes): a row
+    per stage with its images, a loader wait within its time, and no run left behind."""
+    import json
+    import tempfile
+
+    from wsss.benchmarks.pipeline import main
+
+    before = set(Path(tempfile.gettempdir()).glob("wsss-pipeline-*"))
+    out = tmp_path / "pipeline.json"
+    main(["--device", "cpu", "--backbone", "small", "--train-images", "8", "--val-images", "2", "--batch", "8",
+          "--crop", "64", "--workers", "1", "--amp", "off", "--quiet", "--json", str(out)])
+    result = json.loads(out.read_text())
+    stages = result["stages"]
+    assert [r["images"] for r in stages] == [8, 8, 8, 2, 2]
+    for r in stages:
+        assert r["seconds"] > 0 and r["images_per_s"] > 0 and r["peak_rss_mb"] > 0
+        if r["loader_wait_s"] is not None:
+            assert 0 < r["loader_wait_s"] < r["seconds"]
+    assert [r["loader_wait_s"] is None for r in stages] == [False, False, True, False, True]
+    assert abs(result["cam_stage_s"] - sum(r["seconds"] for r in stages)) < 1e-6 and 0 <= result["val_miou"] <= 1
+    assert capsys.readouterr().out.count("\n| ") == 1 + len(stages)  # the header and a row per stage
+    assert set(Path(tempfile.gettempdir()).glob("wsss-pipeline-*")) == before
+    with pytest.raises(SystemExit, match="at least 8"):
+        main(["--train-images", "4", "--batch", "8"])

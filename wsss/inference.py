@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from wsss.progress import tqdm
+from wsss.progress import tqdm, waited
 
 from wsss.io import save_npz
 
@@ -168,7 +168,8 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
                      scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
                      device: str | torch.device = "cpu", batch_size: int = 16, progress: bool = True,
                      max_pixels: int | None = None, amp: bool = False, first_class: int = 0,
-                     also: Callable[[list[dict[str, Any]], torch.Tensor], None] | None = None) -> Path:
+                     also: Callable[[list[dict[str, Any]], torch.Tensor], None] | None = None,
+                     num_workers: int = 0) -> Path:
     """Write `<out_dir>/<id>.npz` for every image of `dataset` (eval transform), skipping done ones;
     `amp`: the network runs under bf16 autocast (`in_bf16`).
 
@@ -178,6 +179,7 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
     masks), so that no second pass over the images is needed.
 
     Images of equal size are batched together (SynthVOC); differently sized ones (VOC) go one by one.
+    `num_workers` processes read them ahead of the network (`size_grouped_batches`).
     An image larger than `max_pixels` at its largest scale (default `max_scaled_pixels()`) is an
     error naming it, and so is running out of memory on one.
     """
@@ -188,7 +190,7 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
         map_fn = in_bf16(map_fn, device)
     todo = [i for i in range(len(dataset)) if not (out_dir / f"{dataset.ids[i]}.npz").is_file()]
     bar = tqdm(total=len(todo), desc=f"class maps -> {out_dir.name}", disable=not progress, dynamic_ncols=True)
-    for group in size_grouped_batches(dataset, batch_size, todo):
+    for group in waited(size_grouped_batches(dataset, batch_size, todo, num_workers), "class_maps"):
         check_scaled_size(group[0]["id"], group[0]["image"].shape[-2:], scales, limit)
         images = torch.stack([s["image"] for s in group]).to(device)
         try:
@@ -213,14 +215,26 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
     return out_dir
 
 
-def size_grouped_batches(dataset: Any, batch_size: int = 16,
-                         indices: Sequence[int] | None = None) -> Iterator[list[dict[str, Any]]]:
+def size_grouped_batches(dataset: Any, batch_size: int = 16, indices: Sequence[int] | None = None,
+                         num_workers: int = 0) -> Iterator[list[dict[str, Any]]]:
     """Evaluation samples in order, in batches whose images share a size, so they can be stacked:
-    SynthVOC batches whole, VOC's differently sized images mostly go one by one."""
-    indices = range(len(dataset)) if indices is None else indices
-    for start in range(0, len(indices), batch_size):
-        groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-        for i in indices[start:start + batch_size]:
-            s = dataset[i]
-            groups.setdefault(tuple(s["image"].shape), []).append(s)
-        yield from groups.values()
+    SynthVOC batches whole, VOC's differently sized images mostly go one by one. With
+    `num_workers`, that many processes read and decode the next chunks while the caller computes."""
+    indices = list(range(len(dataset)) if indices is None else indices)
+    chunks = [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+    if num_workers == 0:
+        for chunk in chunks:
+            yield from _grouped_by_size([dataset[i] for i in chunk])
+        return
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers,
+                                         collate_fn=_grouped_by_size)
+    for groups in loader:
+        yield from groups
+
+
+def _grouped_by_size(samples: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """`samples` in groups of equal image size, in the order each size first appears."""
+    groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for s in samples:
+        groups.setdefault(tuple(s["image"].shape), []).append(s)
+    return list(groups.values())

@@ -4,7 +4,8 @@ outputs then show each bar's last state instead of a widget that a static viewer
 from __future__ import annotations
 
 import os
-from typing import Any
+import time
+from typing import Any, Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm as _interactive
 from tqdm.std import tqdm as _text
@@ -22,3 +23,23 @@ class _SparseText(_text):
 
 
 tqdm = _SparseText if os.environ.get(TEXT_ENV) else _interactive
+
+
+T = TypeVar("T")
+
+# Seconds each named loop ("train", "class_maps") spent waiting for its next batch, summed over the
+# process: a data loader's stall, the time the device sat idle while images were read, decoded and
+# augmented. `python -m wsss.benchmarks.pipeline` reports it per stage.
+DATA_WAIT: dict[str, float] = {}
+
+
+def waited(items: Iterable[T], loop: str) -> Iterator[T]:
+    """`items`, adding the time spent waiting for each one (starting the iterator, e.g. a
+    DataLoader's workers, included) to `DATA_WAIT[loop]`."""
+    t0 = time.perf_counter()
+    it = iter(items)
+    for item in it:
+        DATA_WAIT[loop] = DATA_WAIT.get(loop, 0.0) + time.perf_counter() - t0
+        yield item
+        t0 = time.perf_counter()
+    DATA_WAIT[loop] = DATA_WAIT.get(loop, 0.0) + time.perf_counter() - t0

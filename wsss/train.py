@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from wsss.progress import tqdm
+from wsss.progress import DATA_WAIT, tqdm, waited
 
 from wsss.io import atomic_path, exclusive, write_json, write_text
 from wsss.methods.base import WSSSMethod
@@ -109,6 +109,7 @@ class TrainResult:
     images_per_s: float
     last_losses: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0
+    data_wait_seconds: float = 0.0  # of this piece: the loop waiting for the data loader's next batch
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -422,6 +423,7 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
                dynamic_ncols=True)
     window_t, window_imgs = time.perf_counter(), 0
     t_start, trained_imgs = time.perf_counter(), 0
+    wait_before = DATA_WAIT.get("train", 0.0)
 
     def run_seconds() -> float:  # the whole run's training time, earlier resumed pieces included
         return seconds_before + time.perf_counter() - t_start
@@ -437,7 +439,7 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                                                  collate_fn=collate, pin_memory=device.type == "cuda",
                                                  generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            for batch in loader:
+            for batch in waited(loader, "train"):
                 progress = step / total
                 lr_scale = poly_lr(1.0, step, total, cfg.poly_power)
                 for group in optimizer.param_groups:
@@ -495,7 +497,8 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
         bar.close()
     seconds = time.perf_counter() - t_start  # this piece; images/s is its throughput
     result = TrainResult(steps=step, seconds=run_seconds(), images_per_s=trained_imgs / max(seconds, 1e-9),
-                         last_losses=last, resumed_from=resumed_from)
+                         last_losses=last, resumed_from=resumed_from,
+                         data_wait_seconds=DATA_WAIT.get("train", 0.0) - wait_before)
     if info.is_main:
         with atomic_path(run_dir / MODEL) as tmp:
             torch.save(method.state_dict(), tmp)

@@ -1,1 +1,2 @@
-"""Speed measurements: `python -m wsss.benchmarks.random_walk`, `python -m wsss.benchmarks.train`."""
+"""Speed measurements: `python -m wsss.benchmarks.train` (the models), `python -m wsss.benchmarks.pipeline`
+(the CAM stages on files), `python -m wsss.benchmarks.random_walk`, `python -m wsss.benchmarks.interrupts`."""

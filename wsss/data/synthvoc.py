@@ -20,12 +20,14 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing as mp
 import os
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from scipy import ndimage
@@ -706,18 +708,19 @@ def _meta(cfg: SynthConfig, preset: str, seed: int) -> dict[str, Any]:
 
 
 def generate(out_dir: str | os.PathLike | None = None, preset: str = "quick", seed: int = 0, *,
-             progress: bool = True, overwrite: bool = False, **overrides: Any) -> Path:
+             progress: bool = True, overwrite: bool = False, workers: int = 1, **overrides: Any) -> Path:
     """Write SynthVOC (VOC 2012 layout) to `out_dir` (default: `default_root(preset, seed)`); return the root.
 
     Cached: a root whose meta.json records the same generator version, seed and parameters is left
     untouched. A root holding a different dataset raises FileExistsError unless `overwrite`.
+    `workers` processes render the images (the files are the same for any number).
     """
     cfg = make_config(preset, **overrides)
     root = Path(out_dir) if out_dir is not None else default_root(preset, seed)
     images = [(_split_of(cfg, i)[0], image_id(i), partial(render_image, cfg, seed, i))
               for i in range(sum(cfg.split_sizes.values()))]
     return _write_cached(root, _meta(cfg, preset, seed), images, {"trainval": ("train", "val")}, cfg,
-                         f"SynthVOC {preset}", progress, overwrite)
+                         f"SynthVOC {preset}", progress, overwrite, workers)
 
 
 def probe_id(probe: str, index: int) -> str:
@@ -763,9 +766,10 @@ ImageJob = tuple[str, str, Callable[[], SynthSample]]  # split, image id, its re
 
 
 def _write_cached(root: Path, meta: dict[str, Any], images: list[ImageJob], unions: dict[str, tuple[str, ...]],
-                  cfg: SynthConfig, desc: str, progress: bool, overwrite: bool) -> Path:
-    """`images` written to `root` unless its meta.json already records `meta`'s dataset. Two
-    processes asking for the same dataset (notebooks side by side): one writes, one waits."""
+                  cfg: SynthConfig, desc: str, progress: bool, overwrite: bool, workers: int = 1) -> Path:
+    """`images` written to `root` (rendered by `workers` processes) unless its meta.json already
+    records `meta`'s dataset. Two processes asking for the same dataset (notebooks side by side):
+    one writes, one waits."""
     say: Callable[[str], None] = print if progress else (lambda _msg: None)
     with exclusive(root.parent / f".{root.name}.lock", f"writing {desc}"):
         meta_path = root / "meta.json"
@@ -791,14 +795,17 @@ def _write_cached(root: Path, meta: dict[str, Any], images: list[ImageJob], unio
         write_json(root / _INCOMPLETE, meta)
         ids: dict[str, list[str]] = {split: [] for split in meta["counts"]}
         labels: dict[str, np.ndarray] = {}
-        for split, iid, render in tqdm(images, desc=desc, unit="img", disable=not progress):
-            sample = render()
-            save_jpeg(root / "JPEGImages" / f"{iid}.jpg", sample.image, quality=cfg.jpeg_quality)
-            save_label_png(root / "SegmentationClass" / f"{iid}.png", sample.label)
-            save_gray_png(root / "SaliencyMaps" / f"{iid}.png", sample.saliency)
-            save_label_png(root / "ContextMasks" / f"{iid}.png", sample.context)
-            ids[split].append(iid)
-            labels[iid] = sample.classes
+        write = partial(_write_image, root, cfg.jpeg_quality)
+        with ExitStack() as stack:
+            written: Iterable[tuple[str, str, np.ndarray]] = map(write, images)
+            if workers > 1:  # spawned, not forked: the parent may hold OpenMP threads (torch's)
+                pool = stack.enter_context(mp.get_context("spawn").Pool(workers))
+                written = pool.imap(write, images, chunksize=8)  # in order: the same lists and labels
+            for split, iid, classes in tqdm(written, total=len(images), desc=desc, unit="img", disable=not progress):
+                ids[split].append(iid)
+                # Rebuilt with numpy's own dtype object: an array unpickled from a worker carries a copy
+                # of it, which changes the bytes of the pickled cls_labels.npy.
+                labels[iid] = np.array(classes.tolist(), dtype=np.float32)
 
         sets = root / "ImageSets" / "Segmentation"
         lists = {**ids, **{name: [i for split in parts for i in ids[split]] for name, parts in unions.items()}}
@@ -810,6 +817,17 @@ def _write_cached(root: Path, meta: dict[str, Any], images: list[ImageJob], unio
         (root / _INCOMPLETE).unlink()
         say(f"{desc} written to {portable(root)}")
     return root
+
+
+def _write_image(root: Path, jpeg_quality: int, job: ImageJob) -> tuple[str, str, np.ndarray]:
+    """Render one image and write its files; (split, id, its image label)."""
+    split, iid, render = job
+    sample = render()
+    save_jpeg(root / "JPEGImages" / f"{iid}.jpg", sample.image, quality=jpeg_quality)
+    save_label_png(root / "SegmentationClass" / f"{iid}.png", sample.label)
+    save_gray_png(root / "SaliencyMaps" / f"{iid}.png", sample.saliency)
+    save_label_png(root / "ContextMasks" / f"{iid}.png", sample.context)
+    return split, iid, sample.classes
 
 
 def render_by_id(root: str | os.PathLike, iid: str) -> SynthSample:
@@ -844,6 +862,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="output root (default: $WSSS_DATA/synthvoc-<preset>-s<seed>, WSSS_DATA defaulting to ./data)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--overwrite", action="store_true", help="replace a different dataset found at --out")
+    synth.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                       help="processes rendering images (default: one per CPU)")
     synth.add_argument("--voc-sizes", action=argparse.BooleanOptionalAction, default=None,
                        help="VOC's image shapes (long side kept, both orientations); default: the preset's "
                             "(full: on)")
@@ -852,6 +872,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     overrides = {} if args.voc_sizes is None else {"voc_sizes": args.voc_sizes}
-    root = generate(args.out, args.preset, args.seed, overwrite=args.overwrite, **overrides)
+    root = generate(args.out, args.preset, args.seed, overwrite=args.overwrite, workers=args.workers, **overrides)
     print(root)
     return 0

@@ -174,10 +174,12 @@ class WSSSMethod(nn.Module):
 
 
 def class_map_settings(experiment: RunView) -> dict[str, Any]:
-    """`infer_class_maps`' settings for a run: its test-time scales and flips, its device, and bf16
-    when it trained in bf16 (a run is read in the precision it learnt in)."""
+    """`infer_class_maps`' settings for a run: its test-time scales and flips, its device, bf16
+    when it trained in bf16 (a run is read in the precision it learnt in), and as many loader
+    processes as its training had."""
     return dict(scales=experiment.tta_scales(), flip=experiment.config.flip, device=experiment.device,
-                progress=experiment.progress, amp=bool(experiment.config.train.amp))
+                progress=experiment.progress, amp=bool(experiment.config.train.amp),
+                num_workers=experiment.config.train.num_workers)
 
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
