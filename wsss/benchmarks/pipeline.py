@@ -17,8 +17,9 @@ first N training images of the same generator instead of all 10,000):
 4. **class maps** of val, and 5. **evaluate**: val scored at the threshold chosen on train.
 
 Per stage: seconds, images/s, the seconds the loop waited for its next batch (`wsss.progress.DATA_WAIT`:
-the loader's stall, when the device sits idle), the process's peak resident memory so far (beside
-it the largest loader process's, pages shared with the parent included) and, on CUDA, the stage's peak allocated GPU memory. The runs go
+the loader's stall, when the device sits idle), the stage's peak resident memory of the main
+process (its loader processes share most of their pages with it) and, on CUDA, the stage's peak
+allocated GPU memory. The runs go
 to a temporary folder, so every benchmark trains afresh; the dataset is cached in `data/`.
 The goal on one H100-class GPU: stage 1 at 448 px, batch 16, bf16 at 240 images/s or more, and
 stages 1-5 (5 epochs) in under 5 minutes, with the loader's stall a small share of each stage.
@@ -64,12 +65,26 @@ def benchmark_data(train_images: int | None, val_images: int | None, progress: b
     return root, 0.0 if existed else time.perf_counter() - t0
 
 
-def _peak_rss_mb() -> tuple[float, float]:
-    """High-water resident memory of this process and of its largest finished child (a loader
-    process), in MB (Linux reports kB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return own, children
+def _reset_peak_rss() -> bool:
+    """Restart this process's resident-memory high-water mark (Linux: VmHWM, reset through
+    clear_refs), so that each stage reports its own peak; False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb() -> float:
+    """The high-water resident memory of this process in MB: since the last reset where there
+    was one, else since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD: kB
 
 
 def measure(name: str, images: int, wait_loop: str | None, device: torch.device,
@@ -80,16 +95,16 @@ def measure(name: str, images: int, wait_loop: str | None, device: torch.device,
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     waited_before = DATA_WAIT.get(wait_loop, 0.0) if wait_loop else 0.0
+    own_peak = _reset_peak_rss()
     t0 = time.perf_counter()
     work()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    own, children = _peak_rss_mb()
     wait = DATA_WAIT.get(wait_loop, 0.0) - waited_before if wait_loop else None
     return {"stage": name, "images": images, "seconds": seconds, "images_per_s": images / max(seconds, 1e-9),
             "loader_wait_s": wait, "loader_wait_share": None if wait is None else wait / max(seconds, 1e-9),
-            "peak_rss_mb": own, "peak_loader_rss_mb": children,
+            "peak_rss_mb": _peak_rss_mb(), "peak_rss_of_stage": own_peak,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
@@ -141,12 +156,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['workers']} loader processes; {result['train_images']} train / {result['val_images']} val "
              f"images; test-time scales {result['scales']} x flip",
              "",
-             "| stage | images | seconds | images/s | loader wait, s (share) | peak RSS, MB (loader) | peak GPU, MB |",
+             "| stage | images | seconds | images/s | loader wait, s (share) | peak RSS, MB | peak GPU, MB |",
              "|---|---|---|---|---|---|---|"]
     for r in result["stages"]:
         wait = "-" if r["loader_wait_s"] is None else f"{r['loader_wait_s']:.1f} ({r['loader_wait_share']:.0%})"
         lines.append(f"| {r['stage']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.1f} | {wait} | "
-                     f"{r['peak_rss_mb']:.0f} ({r['peak_loader_rss_mb']:.0f}) | {num(r['peak_gpu_mb'], '.0f')} |")
+                     f"{r['peak_rss_mb']:.0f}{'' if r['peak_rss_of_stage'] else ' (so far)'} | "
+                     f"{num(r['peak_gpu_mb'], '.0f')} |")
     lines += ["", f"CAM stage (1-5): {result['cam_stage_s']:.1f} s; val mIoU {100 * result['val_miou']:.1f} "
                   f"(a benchmark's short training: a check that the stages ran, not a result); writing the data "
                   f"took {result['data_write_s']:.0f} s"]
