@@ -227,7 +227,8 @@ def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool
     archive_table()  # the demo's table holds the demo's rows; earlier ones go to metrics_history.csv
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    synthvoc.generate(synthvoc.default_root(preset, 0), preset=preset, seed=0, progress=progress)
+    synthvoc.generate(synthvoc.default_root(preset, 0), preset=preset, seed=0, progress=progress,
+                      workers=max(1, jobs))  # nothing else runs yet: one render process per job slot
     timings["synthvoc"] = time.perf_counter() - t0
     present = [n for n in notebooks if (notebooks_dir() / f"{n}.ipynb").is_file()]
     for name in sorted(set(notebooks) - set(present)):
