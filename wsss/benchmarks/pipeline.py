@@ -87,6 +87,16 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD: kB
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def measure(name: str, images: int, wait_loop: str | None, device: torch.device,
             work: Callable[[], Any]) -> dict[str, Any]:
     """Run one stage and return its row: seconds, images/s, loader stall, peak memory."""
@@ -112,7 +122,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     device = device_named(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root, data_seconds = benchmark_data(args.train_images, args.val_images)
+    root, data_seconds = benchmark_data(args.train_images, args.val_images, progress=not args.quiet)
     amp = fast_bf16(device) if args.amp == "auto" else args.amp == "on"
     if args.run_root:
         return _run_stages(args, device, root, data_seconds, amp, args.run_root)
@@ -137,7 +147,7 @@ def _run_stages(args: argparse.Namespace, device: torch.device, root: Path, data
         measure("evaluate (val)", n_val, None, device, lambda: run.evaluate("val")),
     ]
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "backbone": args.backbone,
         "crop": args.crop, "batch": args.batch, "epochs": args.epochs, "workers": args.workers,
         "precision": "bf16" if amp else "fp32", "train_images": n_train, "val_images": n_val,
