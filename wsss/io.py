@@ -123,8 +123,11 @@ def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Uncompressed: class maps (float16, smooth but noisy in the low bits) shrink by only a third
+    under zlib, which costs 10x the time of writing them (22 vs 2.3 ms for a 256 x 192 two-class
+    map; 2.8 vs 1.3 ms to read), enough to make saving the bottleneck of inference on a GPU."""
     with atomic_path(path, ".npz") as tmp:
-        np.savez_compressed(tmp, **arrays)
+        np.savez(tmp, **arrays)
 
 
 def load_label_png(path: str | os.PathLike) -> np.ndarray:
