@@ -23,11 +23,13 @@ for _name in ("DATA", "RUNS", "REPORTS"):
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 # Float results of CPU kernels differ between instruction sets, so the regression tables are
-# compared within a tolerance (wsss.nbcheck). Pinning torch's own kernels, oneDNN and MKL to their
-# AVX2 paths in every test process and notebook kernel (they inherit this environment), as
+# compared within a tolerance (wsss.nbcheck). Pinning torch's own kernels, MKL and OpenBLAS
+# (numpy's) to their AVX2 paths and taking oneDNN and OpenCV's dispatch out (wsss.numerics) in
+# every test process and notebook kernel (they inherit this environment), as
 # tests/regression/update.py does when it writes them, keeps those differences small.
 PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
-                   "OMP_NUM_THREADS": "1"}
+                   "OPENBLAS_CORETYPE": "Haswell",
+                   "OMP_NUM_THREADS": "1", "WSSS_PORTABLE_NUMERICS": "1"}
 for _name, _value in PINNED_NUMERICS.items():
     os.environ[_name] = _value
 

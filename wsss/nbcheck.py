@@ -1,10 +1,11 @@
 """Regression checks of executed notebooks that hold on any CPU with AVX2.
 
 The cells marked `# NBVAL_CHECK_OUTPUT` (nbval's marker) print the tables a notebook exists for.
-Float results of CPU kernels differ between instruction sets and libraries (OpenBLAS and OpenCV
-pick their kernels per CPU even when torch is pinned), and the tiny preset's short runs amplify
-such differences through thresholds and self-training; comparing the text exactly, as nbval does,
-fails on a machine that computed the same thing. Here the text around the numbers and integers
+Float results of CPU kernels differ between instruction sets and libraries (oneDNN, OpenBLAS and
+OpenCV pick their kernels per CPU; the tests pin or bypass them, `tests/conftest.py` and
+`wsss.numerics`, but a library update can still move a last digit), and the tiny preset's short
+runs amplify such differences through thresholds and self-training; comparing the text exactly,
+as nbval does, fails on a machine that computed the same thing. Here the text around the numbers and integers
 (step counts, image counts, class counts) must match exactly, and numbers with a fractional part
 must agree within `TOLERANCE_DIGITS` units of their last printed digit (3.0 points for a table
 printed to 0.1, 0.030 for a ratio printed to 0.001). Measured: the tiny preset's tables on AVX2
