@@ -209,7 +209,7 @@ def test_class_maps_and_decoder_masks_come_from_one_pass_and_equal_two(tiny_root
     model.probabilities = lambda x, f=model.probabilities: calls.append(len(x)) or f(x)  # type: ignore[method-assign]
     run = SimpleNamespace(trained_method=lambda: model, inference_method=lambda: model, dataset=lambda split: ds,
                           tta_scales=lambda: (1.0, 1.5),
-                          config=SimpleNamespace(flip=True, train=SimpleNamespace(amp=False)),
+                          config=SimpleNamespace(flip=True, train=SimpleNamespace(amp=False, num_workers=0)),
                           device=torch.device("cpu"), progress=False, class_maps=lambda split: tmp_path / "joint")
     (tmp_path / "joint").mkdir()
     model.write_class_maps(run, "val", tmp_path / "joint")
