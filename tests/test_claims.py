@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wsss.claims import (CLAIMS, claims_markdown, measure_claim, paired_interval, read_claims, run_study, verdict,
-                         write_claims)
+from wsss.claims import (CLAIMS, claims_markdown, measure_claim, measure_claims, paired_interval, read_claims, run_study,
+                         verdict, write_claims)
 from wsss.methods.base import available_methods
 
 
@@ -51,6 +51,32 @@ def test_a_claim_is_measured_over_seeds_and_written(tiny_root: Path, tmp_path: P
     assert read_claims(tmp_path / "nothing") == []
     assert "| EPS | saliency removes co-occurring context | context_fp_rate (lower is better) |" in md
     assert (tmp_path / "claims.csv").is_file()
+
+
+@pytest.mark.slow
+def test_seeds_in_processes_give_the_rows_of_one_process(tiny_root: Path, tmp_path: Path) -> None:
+    """`jobs` > 1 runs the (claim, seed) pairs in spawned workers; each run depends on its config
+    alone, so the rows equal those of one process (own run folders: nothing is read from a cache)."""
+    claim = next(c for c in CLAIMS if c.key == "eps_context")
+
+    def rows(jobs: int) -> dict[int, dict]:
+        tasks = [(claim, {"run_root": str(tmp_path / f"runs{jobs}"), "max_steps": 2})]
+        return dict(measure_claims(tasks, "tiny", [0, 1], jobs=jobs, log=lambda _: None))
+
+    one, two = rows(1), rows(2)
+    assert list(two) == [0] and two[0]["seeds"] == 2
+    for key in ("method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high"):
+        assert two[0][key] == pytest.approx(one[0][key], abs=1e-6), key
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "runs2").iterdir()) == ["cam", "cam", "eps", "eps"]
+
+
+def test_a_failing_run_in_a_worker_stops_the_study(tiny_root: Path, tmp_path: Path) -> None:
+    claim = next(c for c in CLAIMS if c.key == "eps_context")
+    tasks = [(claim, {"run_root": str(tmp_path / "runs"), "backbone": "no_such_backbone"})]
+    with pytest.raises(ValueError, match="no_such_backbone"):
+        list(measure_claims(tasks, "tiny", [0, 1], jobs=2, log=lambda _: None))
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        list(measure_claims(tasks, "tiny", [0], jobs=0))
 
 
 def test_writing_a_subset_keeps_the_other_claims(tmp_path: Path) -> None:

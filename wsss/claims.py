@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from wsss.io import merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
@@ -144,31 +144,85 @@ def _score(run: Any, stage: str) -> dict[str, Any]:
                                  context_classes=list(phenomena.get("context", {})))}
 
 
+def _seed_values(claim: Claim, preset: str, seed: int, progress: bool, log: Callable[[str], None],
+                 settings: dict[str, Any]) -> tuple[float, float, str]:
+    """(method value, baseline value, precision) of `claim` at `seed`; the baseline trains on the
+    method run's schedule."""
+    from wsss.experiment import experiment_factory
+
+    make = experiment_factory(preset, progress=progress, seed=seed, **settings)
+    t = time.perf_counter()
+    run = make(claim.method.method, **claim.method.options)
+    base = make(claim.baseline.method, epochs=run.config.train.epochs, **claim.baseline.options)
+    method_val = float(_score(run, claim.method.stage)[claim.metric])
+    base_val = float(_score(base, claim.baseline.stage)[claim.metric])
+    where = f" ({settings['data_root']})" if settings.get("data_root") else ""
+    log(f"[study] {claim.key}{where} seed {seed}: {claim.metric} {method_val:.4f} vs {base_val:.4f} "
+        f"({time.perf_counter() - t:.0f} s)")
+    return method_val, base_val, "bf16" if run.config.train.amp else "fp32"
+
+
+def _seed_values_in_worker(key: str, preset: str, seed: int, settings: dict[str, Any]) -> tuple[float, float, str]:
+    claim = next(c for c in CLAIMS if c.key == key)
+    return _seed_values(claim, preset, seed, False, lambda line: print(line, flush=True), settings)
+
+
+def _claim_row(claim: Claim, preset: str, values: Sequence[tuple[float, float, str]]) -> dict[str, Any]:
+    method_vals, base_vals = [v[0] for v in values], [v[1] for v in values]
+    mean, low, high = paired_interval([m - b for m, b in zip(method_vals, base_vals)])
+    return {"claim": claim.key, "paper": claim.paper, "text": claim.text, "metric": claim.metric,
+            "better": "higher" if claim.higher_is_better else "lower", "method": claim.method.label(),
+            "baseline": claim.baseline.label(), "paper_evidence": claim.paper_evidence, "seeds": len(values),
+            "method_mean": sum(method_vals) / len(method_vals), "baseline_mean": sum(base_vals) / len(base_vals),
+            "diff_mean": mean, "ci_low": low, "ci_high": high,
+            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset, "precision": values[0][2]}
+
+
 def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: bool = False,
                   log: Callable[[str], None] = print, **settings: Any) -> dict[str, Any]:
     """The claim's row: per-seed values of both arms, the paired mean and 95% interval, the verdict.
     `settings` go to every run (e.g. run_root, data_root, max_steps); the baseline trains on the
     method run's schedule."""
-    from wsss.experiment import experiment_factory
+    return _claim_row(claim, preset, [_seed_values(claim, preset, s, progress, log, settings) for s in seeds])
 
-    method_vals, base_vals = [], []
-    for seed in seeds:
-        make = experiment_factory(preset, progress=progress, seed=seed, **settings)
-        t = time.perf_counter()
-        run = make(claim.method.method, **claim.method.options)
-        base = make(claim.baseline.method, epochs=run.config.train.epochs, **claim.baseline.options)
-        method_vals.append(float(_score(run, claim.method.stage)[claim.metric]))
-        base_vals.append(float(_score(base, claim.baseline.stage)[claim.metric]))
-        log(f"[study] {claim.key} seed {seed}: {claim.metric} {method_vals[-1]:.4f} vs {base_vals[-1]:.4f} "
-            f"({time.perf_counter() - t:.0f} s)")
-    mean, low, high = paired_interval([m - b for m, b in zip(method_vals, base_vals)])
-    return {"claim": claim.key, "paper": claim.paper, "text": claim.text, "metric": claim.metric,
-            "better": "higher" if claim.higher_is_better else "lower", "method": claim.method.label(),
-            "baseline": claim.baseline.label(), "paper_evidence": claim.paper_evidence, "seeds": len(seeds),
-            "method_mean": sum(method_vals) / len(method_vals), "baseline_mean": sum(base_vals) / len(base_vals),
-            "diff_mean": mean, "ci_low": low, "ci_high": high,
-            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset,
-            "precision": "bf16" if run.config.train.amp else "fp32"}
+
+def measure_claims(tasks: Sequence[tuple[Claim, dict[str, Any]]], preset: str, seeds: Sequence[int], jobs: int = 1,
+                   progress: bool = False, log: Callable[[str], None] = print) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index, row) of each task (a claim and the settings of its runs) as soon as all its seeds are
+    measured. With `jobs` > 1 the (task, seed) pairs run in that many processes side by side
+    (`wsss.parallel`), in task order; the rows equal those of one process, since a run depends on
+    its config only. A failing pair stops the others that have not started and raises."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("no seeds to measure")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    if jobs == 1:
+        for i, (claim, settings) in enumerate(tasks):
+            yield i, measure_claim(claim, preset, seeds, progress=progress, log=log, **settings)
+        return
+    from concurrent.futures import as_completed
+
+    from wsss.parallel import process_pool, threads_per_job
+
+    pairs = [(i, s) for i in range(len(tasks)) for s in seeds]
+    jobs = min(jobs, len(pairs))
+    log(f"[study] {len(pairs)} runs of (claim, seed) pairs in {jobs} processes, "
+        f"{threads_per_job(jobs)} thread(s) each")
+    values: dict[int, dict[int, tuple[float, float, str]]] = {i: {} for i in range(len(tasks))}
+    pool = process_pool(jobs)
+    try:
+        futures = {pool.submit(_seed_values_in_worker, tasks[i][0].key, preset, s, tasks[i][1]): (i, s)
+                   for i, s in pairs}
+        for future in as_completed(futures):
+            i, s = futures[future]
+            values[i][s] = future.result()
+            if len(values[i]) == len(seeds):
+                yield i, _claim_row(tasks[i][0], preset, [values[i][s] for s in seeds])
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -209,28 +263,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
     p.add_argument("--claims", nargs="*", default=None, choices=[c.key for c in CLAIMS],
                    help="a subset of the claims (default: all)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side in this many processes, each with cores/jobs threads (default 1)")
     p.set_defaults(func=_cmd_study)
 
 
-def run_study(preset: str, seeds: int, keys: Sequence[str] | None = None, progress: bool = False,
+def run_study(preset: str, seeds: int, keys: Sequence[str] | None = None, progress: bool = False, jobs: int = 1,
               **settings: Any) -> list[dict[str, Any]]:
     """Every claim (or those named by `keys`) over seeds 0..seeds-1, added to reports/claims.* as
-    each claim completes (an interrupted study keeps the claims it finished)."""
+    each claim completes (an interrupted study keeps the claims it finished); `jobs` processes
+    side by side (`measure_claims`)."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     unknown = sorted(set(keys or ()) - {c.key for c in CLAIMS})
     if unknown:
         raise ValueError(f"no claim {', '.join(unknown)}; claims: {', '.join(c.key for c in CLAIMS)}")
     chosen = [c for c in CLAIMS if keys is None or c.key in keys]
-    rows = []
-    for claim in chosen:
-        rows.append(measure_claim(claim, preset, range(seeds), progress=progress, **settings))
-        written = write_claims(rows[-1:])
-    print(claims_markdown(rows))
+    rows: dict[int, dict[str, Any]] = {}
+    for i, row in measure_claims([(c, settings) for c in chosen], preset, range(seeds), jobs, progress):
+        rows[i] = row
+        written = write_claims([row])
+    rows_in_order = [rows[i] for i in sorted(rows)]
+    print(claims_markdown(rows_in_order))
     print(f"wrote {written}")
-    return rows
+    return rows_in_order
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    run_study(args.preset, args.seeds, args.claims)
+    run_study(args.preset, args.seeds, args.claims, jobs=args.jobs)
     return 0

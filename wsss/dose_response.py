@@ -55,10 +55,11 @@ def knob_data_root(preset: str, field: str, value: float, progress: bool = False
 
 def measure_dose_response(knob: str, preset: str, seeds: int, strengths: Sequence[float] | None = None,
                           claims: Sequence[str] | None = None, progress: bool = False,
-                          log: Callable[[str], None] = print, **settings: Any) -> list[dict[str, Any]]:
+                          log: Callable[[str], None] = print, jobs: int = 1, **settings: Any) -> list[dict[str, Any]]:
     """Rows (a claim's `measure_claim` row plus knob, field and strength) for every strength and
-    claim of `knob`, each written to reports/dose_response.csv as soon as it is measured."""
-    from wsss.claims import CLAIMS, measure_claim
+    claim of `knob`, each written to reports/dose_response.csv as soon as it is measured; `jobs`
+    processes side by side (`wsss.claims.measure_claims`)."""
+    from wsss.claims import CLAIMS, measure_claims
 
     if knob not in KNOBS:
         raise ValueError(f"no knob {knob!r}; knobs: {', '.join(KNOBS)}")
@@ -69,15 +70,20 @@ def measure_dose_response(knob: str, preset: str, seeds: int, strengths: Sequenc
     unknown = sorted(set(keys) - {c.key for c in CLAIMS})
     if unknown:
         raise ValueError(f"no claim {', '.join(unknown)}; claims: {', '.join(c.key for c in CLAIMS)}")
-    rows = []
-    for value in strengths or spec.strengths:
+    points, tasks = [], []
+    for value in strengths or spec.strengths:  # every dataset is written before any run starts
         root = knob_data_root(preset, spec.field, value, progress)
         for claim in (c for c in CLAIMS if c.key in keys):
-            log(f"[dose-response] {knob}: {spec.field}={value:g}, {claim.key}")
-            row = measure_claim(claim, preset, range(seeds), progress=progress, log=log, data_root=root, **settings)
-            rows.append({"knob": knob, "field": spec.field, "strength": value, **row})
-            write_dose_response(rows[-1:])
-    return rows
+            points.append(value)
+            tasks.append((claim, {**settings, "data_root": root}))
+    log(f"[dose-response] {knob}: {spec.field} = {', '.join(f'{v:g}' for v in dict.fromkeys(points))}; "
+        f"claims {', '.join(keys)}; {seeds} seeds")
+    rows: dict[int, dict[str, Any]] = {}
+    for i, row in measure_claims(tasks, preset, range(seeds), jobs, progress, log):
+        rows[i] = {"knob": knob, "field": spec.field, "strength": points[i], **row}
+        write_dose_response([rows[i]])
+        log(f"[dose-response] {knob}: {spec.field}={points[i]:g}, {row['claim']}: {row['verdict']}")
+    return [rows[i] for i in sorted(rows)]
 
 
 _NUMERIC = ("strength", "seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")
@@ -155,6 +161,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--strengths", type=float, nargs="+", default=None, help="default: the knob's four")
     p.add_argument("--claims", nargs="+", default=None, help="default: the claims that target the knob")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side in this many processes, each with cores/jobs threads (default 1)")
     p.add_argument("--plot-only", action="store_true",
                    help="measure nothing: redraw the table and plot from reports/dose_response.csv")
     p.set_defaults(func=_cmd_dose_response)
@@ -164,7 +172,7 @@ def _cmd_dose_response(args: argparse.Namespace) -> int:
     from wsss import viz
 
     if not args.plot_only:
-        measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims)
+        measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims, jobs=args.jobs)
     rows = [r for r in read_dose_response() if r["knob"] == args.knob and r["preset"] == args.preset]
     if not rows:
         raise ValueError(f"no {args.knob} rows at preset {args.preset} in {reports_dir() / 'dose_response.csv'}")

@@ -250,7 +250,7 @@ def _demo(preset: str, notebooks: tuple[str, ...], out_dir: Path, progress: bool
 
         t = time.perf_counter()
         print(f"[demo] claims study over {seeds} seeds (wsss study)", flush=True)
-        run_study(preset, seeds, progress=progress)
+        run_study(preset, seeds, progress=progress, jobs=jobs)
         timings["study"] = time.perf_counter() - t
     for name in last:
         timings[name] = _timed_notebook(name, params[name], out_dir, progress)
@@ -340,8 +340,10 @@ def _parallel_notebooks(names: list[str], parameters: dict[str, dict[str, Any]],
 
     from wsss.paths import runs_dir
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    from wsss.parallel import thread_env, threads_per_job
+
+    threads = threads_per_job(jobs)
+    env = {**os.environ, **thread_env(threads)}
     log_dir = runs_dir() / "demo_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, running, timings, failed = list(names), {}, {}, []
