@@ -358,7 +358,8 @@ def test_bf16_inference_returns_fp32_maps_close_to_fp32_ones() -> None:
     assert torch.allclose(fast, exact, atol=0.05 * exact.abs().max().item())
 
 
-def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -m wsss.benchmarks.pipeline` on a cut of the full preset (VOC's image shapes): a row
     per stage with its images, a loader wait within its time, and no run left behind."""
     import json
@@ -366,7 +367,9 @@ def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, c
 
     from wsss.benchmarks.pipeline import main
 
-    before = set(Path(tempfile.gettempdir()).glob("wsss-pipeline-*"))
+    scratch = tmp_path / "scratch"  # its own temp folder: another test session may run a benchmark in /tmp
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "pipeline.json"
     main(["--device", "cpu", "--backbone", "small", "--train-images", "8", "--val-images", "2", "--batch", "8",
           "--crop", "64", "--workers", "1", "--amp", "off", "--quiet", "--json", str(out)])
@@ -380,6 +383,6 @@ def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, c
     assert [r["loader_wait_s"] is None for r in stages] == [False, False, True, False, True]
     assert abs(result["cam_stage_s"] - sum(r["seconds"] for r in stages)) < 1e-6 and 0 <= result["val_miou"] <= 1
     assert capsys.readouterr().out.count("\n| ") == 1 + len(stages)  # the header and a row per stage
-    assert set(Path(tempfile.gettempdir()).glob("wsss-pipeline-*")) == before
+    assert list(scratch.glob("wsss-pipeline-*")) == []
     with pytest.raises(SystemExit, match="at least 8"):
         main(["--train-images", "4", "--batch", "8"])
