@@ -219,10 +219,8 @@ def measure_claims(tasks: Sequence[tuple[Claim, dict[str, Any]]], preset: str, s
             values[i][s] = future.result()
             if len(values[i]) == len(seeds):
                 yield i, _claim_row(tasks[i][0], preset, [values[i][s] for s in seeds])
-    except BaseException:
+    finally:  # nothing is pending after the last row; after a failure, what has not started is dropped
         pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown()
 
 
 def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:

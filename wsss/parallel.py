@@ -3,8 +3,8 @@
 On a CPU, `jobs` processes with cores // jobs threads each train more images per second than one
 process with every thread (one thread per process: 1.19x for the CAM on a 2-core Xeon, measured by
 `wsss.benchmarks.train`), and on a machine with many cores a study's seeds need not wait for each
-other. Every worker uses the run's device: on a GPU one job is the rule. Workers are spawned, not forked: a forked copy of a process that already ran torch
-can deadlock in its thread pools.
+other. Every worker uses the run's device: on a GPU one job is the rule. Workers are spawned, not
+forked: a forked copy of a process that already ran torch can deadlock in its thread pools.
 """
 from __future__ import annotations
 
