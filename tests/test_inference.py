@@ -47,6 +47,24 @@ def test_maps_of_a_multiple_of_the_stride_are_resized_as_before() -> None:
     assert torch.equal(to_image_grid(maps, (48, 48), (96, 96)), plain)  # scale 0.5 at stride 4
 
 
+def test_passes_split_to_the_pixel_budget_give_the_same_maps() -> None:
+    """A budget of one image per pass at the largest scale runs the batch in several passes per
+    scale; the summed maps equal the one-pass maps."""
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 40, 56)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(conv(x), 8)
+
+    passes = []
+    one_pass = multiscale_maps(net, images, (1.0, 0.5, 1.5), True, max_pixels=10**9)
+    split = multiscale_maps(lambda x: passes.append(x.shape[0]) or net(x), images, (1.0, 0.5, 1.5), True,
+                            max_pixels=60 * 84)
+    assert passes == [2, 2, 2, 6, 1, 1, 1, 1, 1, 1]  # 6 images (3 and their flips) at 40 x 56, 20 x 28, 60 x 84
+    torch.testing.assert_close(split, one_pass, rtol=1e-5, atol=1e-6)
+
+
 def test_explain_gives_a_runs_stored_class_maps_for_any_image(tiny_root, tmp_path) -> None:
     """Three lines from a run folder to maps: on a val image they equal the run's stored class maps
     (same scales, flips and scaling); any other image, at its own size, gets maps of its size."""

@@ -19,7 +19,7 @@ from PIL import Image
 
 from wsss.data import synthvoc
 from wsss.data.voc import DatasetError, VOCDataset, load_cls_labels
-from wsss.inference import MAX_PIXELS_ENV, check_scaled_size, infer_class_maps, max_scaled_pixels
+from wsss.inference import MAX_PIXELS_ENV, MAX_SCALED_PIXELS, infer_class_maps, load_cam, max_scaled_pixels
 from wsss.io import load_label_dict, load_label_png, save_label_png
 from wsss.metrics import evaluate_folders, read_id_list, register
 
@@ -234,27 +234,35 @@ class _Images(torch.utils.data.Dataset):
         return {"id": self.ids[i], "image": torch.zeros(3, 1, 1).expand(3, h, w), "label": torch.tensor([1.0, 0.0])}
 
 
-def _small_only(x: torch.Tensor) -> torch.Tensor:
-    """Zero class maps of 2 classes; running on an image above the limit is a test failure."""
-    assert x.shape[-2] * x.shape[-1] <= 10**6, "the network ran on an image above the limit"
-    return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+class _PassRecorder:
+    """Zero class maps of 2 classes at stride 1, recording each forward pass's input shape."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, ...]] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes.append(tuple(x.shape))
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:])
 
 
-def test_image_too_large_for_multiscale_inference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_huge_image_runs_within_the_pixel_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2000 x 1500 photo under a budget of 1 M pixels per pass: scale 0.5 (0.75 M px) runs its
+    flipped copy in a second pass; scales 1 and 2 (3 M and 12 M px) run at the largest size that
+    fits, 1154 x 866, with a warning; the maps come back at the image's size."""
     monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
-    data = _Images({"small": (8, 8), "2008_huge": (3000, 4000)})
-    with pytest.raises(ValueError, match=r"image 2008_huge is 4000x3000: at scale 2 that is 48\.0 M pixels.*"
-                                         r"Downscale the image, drop the large scales, or raise the limit"
-                                         rf".*{MAX_PIXELS_ENV}"):
-        infer_class_maps(_small_only, data, tmp_path / "cams", batch_size=1, progress=False)
-    assert (tmp_path / "cams" / "small.npz").is_file()  # images below the limit still ran
-    check_scaled_size("x", (2048, 2048), (1.0, 0.5, 1.5, 2.0), max_scaled_pixels())  # the documented bound
-    with pytest.raises(ValueError, match="image x is 2049x2048"):
-        check_scaled_size("x", (2048, 2049), (1.0, 2.0), max_scaled_pixels())
+    assert max_scaled_pixels() == MAX_SCALED_PIXELS == 4096 * 4096
     monkeypatch.setenv(MAX_PIXELS_ENV, "5e7")
-    check_scaled_size("2008_huge", (3000, 4000), (1.0, 2.0), max_scaled_pixels())
-    with pytest.raises(ValueError, match=r"image 2008_huge .*limit of 1\.0 M"):
-        infer_class_maps(_small_only, data, tmp_path / "cams2", scales=(1.0,), progress=False, max_pixels=10**6)
+    assert max_scaled_pixels() == 5 * 10**7
+    net = _PassRecorder()
+    data = _Images({"small": (8, 8), "2008_huge": (1500, 2000)})
+    with pytest.warns(UserWarning, match=r"a 2000x1500 image at scale 2 exceeds 1\.0 M pixels .* runs at 1154x866"):
+        infer_class_maps(net, data, tmp_path / "cams", scales=(0.5, 1.0, 2.0), batch_size=2, progress=False,
+                         max_pixels=10**6)
+    assert all(n * h * w <= 10**6 for n, _, h, w in net.passes)
+    assert [p for p in net.passes if p[-1] > 16] == [(1, 3, 750, 1000)] * 2 + [(1, 3, 866, 1154)] * 4
+    keys, cam = load_cam(tmp_path / "cams" / "2008_huge.npz")
+    assert keys.tolist() == [0] and cam.shape == (1, 1500, 2000)
+    assert load_cam(tmp_path / "cams" / "small.npz")[1].shape == (1, 8, 8)
 
 
 @pytest.mark.parametrize("error", [
@@ -265,7 +273,8 @@ def test_out_of_memory_names_the_image(tmp_path: Path, error: RuntimeError) -> N
     def oom(x: torch.Tensor) -> torch.Tensor:
         raise error
 
-    with pytest.raises(torch.OutOfMemoryError, match=r"image\(s\) img_7 \(12x10, batch of 1.*lower batch_size") as err:
+    expected = r"image\(s\) img_7 \(12x10, batch of 1.*lower the pixel budget per pass \(16\.8 M, WSSS_MAX_INFER_PIXELS\)"
+    with pytest.raises(torch.OutOfMemoryError, match=expected) as err:
         infer_class_maps(oom, _Images({"img_7": (10, 12)}), tmp_path / "cams", progress=False)
     assert err.value.__cause__ is error
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -21,10 +22,13 @@ from wsss.io import save_npz
 
 MapFn = Callable[[torch.Tensor], torch.Tensor]
 
-# Bound on one image's pixels at its largest test-time scale, so that a huge input fails at once
-# with its name instead of exhausting memory mid-run: 4096 x 4096, i.e. a 2048 x 2048 image at
-# scale 2 passes, a 4000 x 3000 photo at scale 2 (48 M pixels, twice that with flip) does not.
-# `infer_class_maps(max_pixels=...)` or the environment variable below overrides it.
+# Budget of one forward pass of multi-scale inference, in input pixels (images x height x width),
+# so that any image size runs in bounded memory: a batch whose pass would exceed it runs in several
+# passes of fewer images (the same maps), and an image that alone exceeds it at some scale runs at
+# the largest size that fits, its aspect kept (a capped scale, with a warning). 4096 x 4096 px: a
+# 2048 x 2048 image at scale 2 runs as asked; a 4000 x 3000 photo runs its scales 1.5 and 2 at 1.18
+# (`python -m wsss.benchmarks.large_image` measures its peak memory). `max_pixels=` or the
+# environment variable below overrides it.
 MAX_SCALED_PIXELS = 4096 * 4096
 MAX_PIXELS_ENV = "WSSS_MAX_INFER_PIXELS"
 
@@ -34,24 +38,49 @@ def scales_tag(scales: Sequence[float], flip: bool) -> str:
     return "s" + "-".join(f"{x:g}" for x in scales) + ("_flip" if flip else "")
 
 
+def capped_size(size: Sequence[int], scale: float, max_pixels: float) -> tuple[int, int]:
+    """The (h, w) of an image of `size` at `scale`, `round(size * scale)`, shrunk with its aspect
+    kept to at most `max_pixels` pixels."""
+    h, w = (max(1, round(n * scale)) for n in size)
+    if h * w <= max_pixels:
+        return h, w
+    shrink = math.sqrt(max_pixels / (h * w))
+    return max(1, math.floor(h * shrink)), max(1, math.floor(w * shrink))
+
+
+def _in_passes(map_fn: MapFn, x: torch.Tensor, max_pixels: int) -> torch.Tensor:
+    """`map_fn(x)`, run on as few chunks of the batch as keep each pass within `max_pixels` input
+    pixels (one image at least)."""
+    per_pass = max(1, max_pixels // (x.shape[-2] * x.shape[-1]))
+    if x.shape[0] <= per_pass:
+        return map_fn(x)
+    return torch.cat([map_fn(part) for part in x.split(per_pass)])
+
+
 @torch.no_grad()
 def multiscale_maps(map_fn: MapFn, images: torch.Tensor, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-                    flip: bool = True) -> torch.Tensor:
+                    flip: bool = True, max_pixels: int | None = None) -> torch.Tensor:
     """Sum over scales (and flips) of `map_fn(images)` brought to the input size: (B, K, H, W).
 
     Each scale's input is `round(size * scale)` px, resized with antialiasing when it shrinks (as
     IRNet's PIL resize does; plain bilinear would alias thin structures); its maps go back to the
     image grid with `to_image_grid`, a flipped pass flipped back after that (its padding lies on
-    the other side). Which scales suit the image size is the scale policy's call (`wsss.scale`)."""
+    the other side). Which scales suit the image size is the scale policy's call (`wsss.scale`).
+    No forward pass exceeds `max_pixels` input pixels (default `max_scaled_pixels()`): see
+    MAX_SCALED_PIXELS."""
+    limit = max_scaled_pixels() if max_pixels is None else max_pixels
     size = tuple(images.shape[-2:])
     total = None
     for s in scales:
-        scaled = (max(1, round(size[0] * s)), max(1, round(size[1] * s)))
+        scaled = capped_size(size, s, limit)
+        if scaled != capped_size(size, s, math.inf):
+            warnings.warn(f"a {size[1]}x{size[0]} image at scale {s:g} exceeds {limit / 1e6:.1f} M pixels per "
+                          f"forward pass ({MAX_PIXELS_ENV}): it runs at {scaled[1]}x{scaled[0]}", stacklevel=2)
         x = images if scaled == size else F.interpolate(images, size=scaled, mode="bilinear", align_corners=False,
-                                                        antialias=s < 1.0)
+                                                        antialias=scaled[0] * scaled[1] < size[0] * size[1])
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = to_image_grid(map_fn(x).float(), scaled, size)
+        maps = to_image_grid(_in_passes(map_fn, x, limit).float(), scaled, size)
         if flip:
             half = maps.shape[0] // 2
             maps = maps[:half] + maps[half:].flip(-1)
@@ -133,19 +162,6 @@ def max_scaled_pixels() -> int:
         raise ValueError(f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count") from None
 
 
-def check_scaled_size(image_id: str, size_hw: Sequence[int], scales: Sequence[float], max_pixels: int) -> None:
-    """Raise a ValueError naming the image when its pixel count at the largest scale exceeds max_pixels."""
-    h, w = size_hw
-    scale = max(scales)
-    pixels = h * w * scale * scale
-    if pixels > max_pixels:
-        raise ValueError(
-            f"image {image_id} is {w}x{h}: at scale {scale:g} that is {pixels / 1e6:.1f} M pixels per forward pass, "
-            f"above the limit of {max_pixels / 1e6:.1f} M. Downscale the image, drop the large scales, or raise "
-            f"the limit (max_pixels=, or the environment variable {MAX_PIXELS_ENV})"
-        )
-
-
 def _is_out_of_memory(exc: RuntimeError) -> bool:
     # CUDA raises torch.OutOfMemoryError; a failed CPU allocation is a plain RuntimeError.
     text = str(exc).lower()
@@ -180,8 +196,9 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
 
     Images of equal size are batched together (SynthVOC); differently sized ones (VOC) go one by one.
     `num_workers` processes read them ahead of the network (`size_grouped_batches`).
-    An image larger than `max_pixels` at its largest scale (default `max_scaled_pixels()`) is an
-    error naming it, and so is running out of memory on one.
+    No forward pass exceeds `max_pixels` input pixels (default `max_scaled_pixels()`; see
+    MAX_SCALED_PIXELS), whatever the image size; running out of memory all the same is an error
+    naming the images.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,10 +208,9 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
     todo = [i for i in range(len(dataset)) if not (out_dir / f"{dataset.ids[i]}.npz").is_file()]
     bar = tqdm(total=len(todo), desc=f"class maps -> {out_dir.name}", disable=not progress, dynamic_ncols=True)
     for group in waited(size_grouped_batches(dataset, batch_size, todo, num_workers), "class_maps"):
-        check_scaled_size(group[0]["id"], group[0]["image"].shape[-2:], scales, limit)
         images = torch.stack([s["image"] for s in group]).to(device)
         try:
-            maps = multiscale_maps(map_fn, images, scales, flip)
+            maps = multiscale_maps(map_fn, images, scales, flip, limit)
         except RuntimeError as exc:
             if not _is_out_of_memory(exc):
                 raise
@@ -202,8 +218,8 @@ def infer_class_maps(map_fn: MapFn, dataset: torch.utils.data.Dataset, out_dir: 
             h, w = images.shape[-2:]
             raise torch.OutOfMemoryError(
                 f"out of memory computing class maps of image(s) {ids} ({w}x{h}, batch of {len(group)}, scales "
-                f"{tuple(scales)}, flip={flip}) on {device}: lower batch_size, drop the large scales or downscale "
-                f"the images"
+                f"{tuple(scales)}, flip={flip}) on {device}: lower the pixel budget per pass ({limit / 1e6:.1f} M, "
+                f"{MAX_PIXELS_ENV}) or drop the large scales"
             ) from exc
         if also is not None:
             also(group, maps)

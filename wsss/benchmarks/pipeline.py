@@ -75,16 +75,27 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss_mb() -> float:
-    """The high-water resident memory of this process in MB: since the last reset where there
-    was one, else since it started."""
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmHWM, VmRSS) in MB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD: kB
+    return None
+
+
+def _peak_rss_mb() -> float:
+    """The high-water resident memory of this process in MB: since the last reset where there
+    was one, else since it started."""
+    peak = _status_mb("VmHWM")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if peak is None else peak  # Linux, BSD: kB
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory now, in MB (None off Linux)."""
+    return _status_mb("VmRSS")
 
 
 def _cpu_name() -> str:
