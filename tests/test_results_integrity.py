@@ -129,6 +129,19 @@ def test_a_shrunk_split_is_evaluated_afresh(tiny_root: Path, tmp_path: Path) -> 
     assert Experiment(exp.config, progress=False).evaluate(bg_threshold=0.3)["miou"] == pytest.approx(cached["miou"])
 
 
+def test_a_changed_pixel_budget_recomputes_the_class_maps(tiny_root: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A huge image's maps depend on the budget of pixels per pass, so the budget is in the key."""
+    from wsss.inference import MAX_PIXELS_ENV
+
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    exp = Experiment(ExperimentConfig.for_preset("tiny", data_root=str(tiny_root), run_root=str(tmp_path),
+                                                 max_steps=1), progress=False)
+    default = exp.class_maps_key("val")
+    monkeypatch.setenv(MAX_PIXELS_ENV, "1e6")
+    assert exp.class_maps_key("val") == {**default, "max_pixels": 10**6} != default
+
+
 def test_reported_paths_are_relative_to_the_project_root(monkeypatch, tmp_path: Path) -> None:
     from wsss.paths import portable
 

@@ -26,6 +26,7 @@ from wsss.cache import (cached_folder, cached_json, code_fingerprint, code_versi
 from wsss.data.transforms import eval_transform, train_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams, evaluate_label_dir, sweep_cam_thresholds
+from wsss.inference import max_scaled_pixels
 from wsss.io import write_json
 from wsss.paths import portable, runs_dir
 from wsss.methods.base import WSSSMethod, build_method, method_class
@@ -394,6 +395,7 @@ class Experiment:
             self._refuse_changed_training_inputs()
         return {"stage": stage, "split": split, "data": self.data_key(split),
                 "model": files_fingerprint([model_dir / "model.pt"]), "code": code_fingerprint(),
+                "max_pixels": max_scaled_pixels(),  # a huge image's maps depend on the budget per pass
                 **json.loads(json.dumps(settings, default=str))}
 
     def class_maps_key(self, split: str) -> dict[str, Any]:

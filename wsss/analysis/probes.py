@@ -43,7 +43,7 @@ from wsss.data.transforms import eval_transform
 from wsss.data.voc import VOCDataset
 from wsss.evaluation import evaluate_cams
 from wsss.experiment import Experiment, dataset_key
-from wsss.inference import infer_class_maps, load_cam, size_grouped_batches
+from wsss.inference import infer_class_maps, load_cam, max_scaled_pixels, size_grouped_batches
 from wsss.io import IGNORE_INDEX, merge_csv_rows, read_csv_rows
 from wsss.methods.base import class_map_settings
 from wsss.paths import reports_dir
@@ -83,7 +83,7 @@ def probe_class_maps(run: Experiment, probe: str) -> Path:
     ds = probe_dataset(run, probe)
     key = {"stage": "probe_class_maps", "split": probe, "data": dataset_key(ds),
            "model": files_fingerprint([run.run_dir / "model.pt"]), "code": code_fingerprint(),
-           "scales": list(run.tta_scales()), "flip": run.config.flip}
+           "max_pixels": max_scaled_pixels(), "scales": list(run.tta_scales()), "flip": run.config.flip}
     return cached_folder(run.run_dir / "probes" / probe, key, lambda out: infer_class_maps(
         run.inference_method().class_maps, ds, out, **class_map_settings(run)), f"class maps of probe {probe}")
 
