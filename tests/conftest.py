@@ -4,7 +4,10 @@ lets notebooks reuse the tiny runs that other notebooks and tests trained)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,14 +25,31 @@ for _name in ("DATA", "RUNS", "REPORTS"):
     os.environ[f"WSSS_{_name}"] = str(_SESSION_DIR / _name.lower())
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# Float results of CPU kernels differ between instruction sets, so the regression tables are
-# compared within a tolerance (wsss.nbcheck). Pinning torch's own kernels, MKL and OpenBLAS
-# (numpy's) to their AVX2 paths and taking oneDNN and OpenCV's dispatch out (wsss.numerics) in
-# every test process and notebook kernel (they inherit this environment), as
-# tests/regression/update.py does when it writes them, keeps those differences small.
-PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
-                   "OPENBLAS_CORETYPE": "Haswell",
+# Float results of CPU kernels differ between instruction sets and CPU vendors, so the regression
+# tables are compared within a tolerance (wsss.nbcheck), and every test process and notebook kernel
+# (they inherit this environment) runs the same code paths on any x86-64 CPU with AVX2, as
+# tests/regression/update.py does when it writes the tables:
+# - torch's own kernels on AVX2, oneDNN and OpenCV's dispatch out (wsss.numerics);
+# - MKL on its COMPATIBLE branch: its AVX2 branch is Intel-only (elsewhere MKL falls back to its
+#   AUTO dispatch), which moved the tiny preset's tables by up to 5.6 points between an AMD EPYC
+#   and a Xeon, and the weights of the tiny CAM run differ bit for bit between the two branches;
+# - OpenBLAS on its Haswell kernels, and numpy's own loops without their AVX-512 versions (its
+#   float32 power differs in the last bit with them).
+
+
+def _numpy_features_above_avx2() -> str:
+    """numpy's dispatched AVX-512 targets that this CPU has, for NPY_DISABLE_CPU_FEATURES. A fresh
+    interpreter answers: numpy reads the variable once, when it is first imported."""
+    code = ("from numpy._core import _multiarray_umath as m; print(' '.join(f for f in m.__cpu_dispatch__ "
+            "if m.__cpu_features__.get(f) and (f == 'X86_V4' or 'AVX512' in f)))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE",
+                   "OPENBLAS_CORETYPE": "Haswell", "NPY_DISABLE_CPU_FEATURES": _numpy_features_above_avx2(),
                    "OMP_NUM_THREADS": "1", "WSSS_PORTABLE_NUMERICS": "1"}
+if "numpy" in sys.modules:  # too late for its pins in this process (kernels still get them)
+    warnings.warn("numpy was imported before tests/conftest.py pinned its CPU features")
 for _name, _value in PINNED_NUMERICS.items():
     os.environ[_name] = _value
 
