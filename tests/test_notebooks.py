@@ -5,6 +5,8 @@ the stored run in tests/regression/ within `wsss.nbcheck`'s tolerance (refresh t
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,6 +22,16 @@ SOURCES = NOTEBOOKS[0].parent / "src"
 REGRESSION = Path(__file__).resolve().parent / "regression"
 # tests/conftest.py pins torch to its AVX2 kernels; a CPU without AVX2 runs the generic ones.
 ON_AVX2_PATHS = torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def test_a_kernel_process_runs_numpy_without_its_avx512_loops() -> None:
+    """The stored tables hold across CPUs only on the code paths tests/conftest.py pins; a process
+    started like a notebook kernel inherits them (numpy's AVX-512 loops change float results)."""
+    code = ("import os; from numpy._core import _multiarray_umath as m; "
+            "print(os.environ['MKL_CBWR'], *[f for f in m.__cpu_dispatch__ if m.__cpu_features__.get(f) "
+            "and (f == 'X86_V4' or 'AVX512' in f)])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["COMPATIBLE"], f"a kernel would run MKL's {out[0]} branch and numpy's {out[1:]} loops"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
