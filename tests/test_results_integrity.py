@@ -97,6 +97,16 @@ def test_cached_json_is_recomputed_when_its_key_changes_and_stamps_its_own_code_
     assert again["result"] == {"n": 2} and again["code_version"] == "later"
 
 
+def test_comments_and_docstrings_leave_the_code_fingerprint_alone() -> None:
+    from wsss.cache import executable_source
+
+    code = '"""A module."""\n\ndef f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
+    reworded = '"""The module, reworded."""\ndef f(x):\n    """Two times x."""\n\n    return 2 * x\n'
+    changed = '"""A module."""\n\ndef f(x):\n    """Twice x."""\n    return 3 * x  # doubled\n'
+    assert executable_source(code) == executable_source(reworded)
+    assert executable_source(code) != executable_source(changed)
+
+
 def test_a_folder_built_under_another_key_is_rebuilt_without_its_old_files(tmp_path: Path) -> None:
     def build(ids: list[str]):
         return lambda out: [(out / f"{i}.txt").write_text(i) for i in ids]
