@@ -1,7 +1,7 @@
 """Class maps of any image, from a trained run or a model, in three lines:
 
     from wsss.explain import explain, overlay
-    result = explain("runs/cam-small-quick-497db65731", ["street.jpg", "harbour.jpg"])
+    result = explain("runs/cam-small-quick-fc2fec05f1", ["street.jpg", "harbour.jpg"])
     picture = overlay(result.images[0], result.maps[0][result.class_names.index("boat")])
 
 `explain` takes a run folder, an `Experiment` or a `WSSSMethod` (then with `class_names`), and
