@@ -61,13 +61,14 @@ def image_grid(rows: Sequence[Sequence[np.ndarray]], titles: Sequence[Sequence[s
 
 def add_label_legend(fig: plt.Figure, class_names: Sequence[str], labels: Any) -> None:
     """A legend under `fig` of the colours of the label values in `labels` (0 background, k + 1
-    class k) and of the white ignore band."""
+    class k) and of white, the ignore label 255: ground truth's band along object boundaries, and
+    the pixels a pseudo mask leaves unlabelled."""
     from matplotlib.patches import Patch
 
     values = sorted({int(v) for v in np.unique(np.asarray(labels))} - {IGNORE_INDEX})
     names = ["background", *class_names]
     handles = [Patch(facecolor=VOC_PALETTE[v] / 255, edgecolor="0.6", label=names[v]) for v in values]
-    handles.append(Patch(facecolor="white", edgecolor="0.6", label="ignored (object boundary band)"))
+    handles.append(Patch(facecolor="white", edgecolor="0.6", label="ignored: boundary band, unlabelled"))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 5),
                fontsize=7, frameon=False)
 
