@@ -37,14 +37,17 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 #   float32 power differs in the last bit with them).
 
 
+# Prints numpy's dispatched AVX-512 targets that are active in a fresh interpreter.
+NUMPY_AVX512_QUERY = ("from numpy._core import _multiarray_umath as m; print(' '.join(f for f in m.__cpu_dispatch__ "
+                      "if m.__cpu_features__.get(f) and (f == 'X86_V4' or 'AVX512' in f)))")
+
+
 def _numpy_features_above_avx2() -> str:
     """numpy's dispatched AVX-512 targets that this CPU has, for NPY_DISABLE_CPU_FEATURES. A fresh
     interpreter answers (numpy reads the variable once, when it is first imported), without the
     variable: pytest-xdist's workers inherit the pin from the main process, which would hide them."""
-    code = ("from numpy._core import _multiarray_umath as m; print(' '.join(f for f in m.__cpu_dispatch__ "
-            "if m.__cpu_features__.get(f) and (f == 'X86_V4' or 'AVX512' in f)))")
     env = {k: v for k, v in os.environ.items() if k != "NPY_DISABLE_CPU_FEATURES"}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+    return subprocess.run([sys.executable, "-c", NUMPY_AVX512_QUERY], capture_output=True, text=True, check=True,
                           env=env).stdout.strip()
 
 

@@ -13,6 +13,7 @@ from types import ModuleType
 import nbformat
 import pytest
 import torch
+from conftest import NUMPY_AVX512_QUERY
 
 from wsss import nbcheck
 from wsss.runner import run_notebook
@@ -27,9 +28,7 @@ ON_AVX2_PATHS = torch.backends.cpu.get_cpu_capability() == "AVX2"
 def test_a_kernel_process_runs_numpy_without_its_avx512_loops() -> None:
     """The stored tables hold across CPUs only on the code paths tests/conftest.py pins; a process
     started like a notebook kernel inherits them (numpy's AVX-512 loops change float results)."""
-    code = ("import os; from numpy._core import _multiarray_umath as m; "
-            "print(os.environ['MKL_CBWR'], *[f for f in m.__cpu_dispatch__ if m.__cpu_features__.get(f) "
-            "and (f == 'X86_V4' or 'AVX512' in f)])")
+    code = f"import os; print(os.environ['MKL_CBWR']); {NUMPY_AVX512_QUERY}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["COMPATIBLE"], f"a kernel would run MKL's {out[0]} branch and numpy's {out[1:]} loops"
 
