@@ -125,6 +125,33 @@ def test_mass_and_size_scores_of_perfect_and_spilled_maps(tiny_root: Path, tmp_p
     assert spill["iou_large"] == pytest.approx(exact["iou_large"])  # below the threshold: no label moves
 
 
+def test_a_near_empty_map_has_no_mass_to_split(tiny_root: Path, tmp_path: Path) -> None:
+    """A map whose whole mass is a float16 step off the object is noise, not "all elsewhere": it
+    is left out like an empty one (it was counted on one CPU and not on another)."""
+    from wsss.analysis.probes import MIN_MAP_MASS, mass_and_size_scores
+    from wsss.data.voc import VOCDataset
+
+    ds = VOCDataset(tiny_root, "val", with_mask=True)
+    empty, speck, faint = tmp_path / "empty", tmp_path / "speck", tmp_path / "faint"
+    for folder in (empty, speck, faint):
+        folder.mkdir()
+    for i in range(len(ds)):
+        s = ds.load(i)
+        keys = np.flatnonzero(s["label"] > 0.5)
+        maps = np.zeros((len(keys), *s["mask"].shape), np.float32)
+        save_cam(empty / f"{s['id']}.npz", keys, maps)
+        maps[:, 0, 0] = 2.4e-7  # a corner pixel, background in SynthVOC's layout
+        save_cam(speck / f"{s['id']}.npz", keys, maps)
+        maps[:, 0, 0] = 2 * MIN_MAP_MASS  # little, but enough to label a pixel at the lowest threshold
+        save_cam(faint / f"{s['id']}.npz", keys, maps)
+    for folder in (empty, speck):
+        scores = mass_and_size_scores(folder, ds, 0.5)
+        assert all(np.isnan(scores[k]) for k in ("relevance_mass", "part_mass", "body_mass", "elsewhere_mass"))
+    faint_scores = mass_and_size_scores(faint, ds, 0.5)
+    assert faint_scores["relevance_mass"] == pytest.approx(0.0, abs=1e-6)
+    assert faint_scores["elsewhere_mass"] == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("method", ["cam", "eps", "vwl", "sance", "rcm_mam", "shape_cues"])
 def test_every_method_gives_image_level_probabilities(method: str) -> None:
     import torch

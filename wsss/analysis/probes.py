@@ -21,9 +21,9 @@ Every probe is scored like val: class maps at the run's scales and flips, thresh
 background threshold chosen on the train split. The worst-group mIoU is the lowest mIoU over val
 and the probes. Two map-level measures complete it, on val: the relevance-mass accuracy of
 CLEVR-XAI (the share of a class map's mass inside the class's ground-truth pixels, averaged over
-(image, present class)), split for part-defined classes into part, body and elsewhere (also on
-the three part probes); and mIoU by object size, each (image, class) pair in the bucket of its
-ground-truth area.
+(image, present class) pairs whose map has mass to place, `MIN_MAP_MASS`), split for part-defined
+classes into part, body and elsewhere (also on the three part probes); and mIoU by object size,
+each (image, class) pair in the bucket of its ground-truth area.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from wsss.cache import cached_folder, code_fingerprint, files_fingerprint
 from wsss.data import synthvoc
 from wsss.data.transforms import eval_transform
 from wsss.data.voc import VOCDataset
-from wsss.evaluation import evaluate_cams
+from wsss.evaluation import DEFAULT_THRESHOLDS, evaluate_cams
 from wsss.experiment import Experiment, dataset_key
 from wsss.inference import infer_class_maps, load_cam, max_scaled_pixels, size_grouped_batches
 from wsss.io import IGNORE_INDEX, merge_csv_rows, read_csv_rows
@@ -56,6 +56,11 @@ SIZE_EDGES: tuple[float, float] = (0.06, 0.15)
 SIZE_BUCKETS: tuple[str, ...] = ("small", "medium", "large")
 # The part interventions, each paired with `part_kept` image by image.
 PART_INTERVENTIONS: dict[str, str] = {"removed": "part_removed", "moved": "part_moved"}
+# A class map with less mass than one pixel at the sweep's lowest background threshold labels no
+# pixel at any threshold: it has no location to split. Below this, "mass > 0" is float noise (a
+# single float16 step of 2e-7 made a near-empty map count as "all elsewhere" on one CPU and not
+# on another).
+MIN_MAP_MASS: float = min(DEFAULT_THRESHOLDS)
 
 
 def probes_root(run: Experiment) -> Path:
@@ -176,7 +181,7 @@ def mass_and_size_scores(cam_dir: Path, dataset: VOCDataset, bg_threshold: float
                 continue
             mass = cam[k] * valid
             total = float(mass.sum())
-            if total > 0:
+            if total >= MIN_MAP_MASS:
                 inside.append(float(mass[obj].sum()) / total)
                 if parts is not None and c in part_ids:
                     on_part = float(mass[obj & parts].sum()) / total
