@@ -45,9 +45,14 @@ def test_a_claim_is_measured_over_seeds_and_written(tiny_root: Path, tmp_path: P
     assert row["seeds"] == 2 and row["ci_low"] <= row["diff_mean"] <= row["ci_high"]
     assert row["diff_mean"] == pytest.approx(row["method_mean"] - row["baseline_mean"])
     assert row["verdict"] in ("reproduced", "contradicted", "inconclusive")
+    per_seed = [[float(v) for v in row[k].split()] for k in ("method_values", "baseline_values")]
+    assert [len(v) for v in per_seed] == [2, 2]
+    assert paired_interval([m - b for m, b in zip(*per_seed)]) == pytest.approx(
+        (row["diff_mean"], row["ci_low"], row["ci_high"]), abs=1e-5)
     md = write_claims([row], tmp_path).read_text()
     read = read_claims(tmp_path)[0]
     assert read["diff_mean"] == pytest.approx(row["diff_mean"]) and claims_markdown([read]) == md
+    assert read["method_values"] == row["method_values"]
     assert read_claims(tmp_path / "nothing") == []
     assert "| EPS | saliency removes co-occurring context | context_fp_rate (lower is better) |" in md
     assert (tmp_path / "claims.csv").is_file()

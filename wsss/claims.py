@@ -175,7 +175,10 @@ def _claim_row(claim: Claim, preset: str, values: Sequence[tuple[float, float, s
             "baseline": claim.baseline.label(), "paper_evidence": claim.paper_evidence, "seeds": len(values),
             "method_mean": sum(method_vals) / len(method_vals), "baseline_mean": sum(base_vals) / len(base_vals),
             "diff_mean": mean, "ci_low": low, "ci_high": high,
-            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset, "precision": values[0][2]}
+            "verdict": verdict(low, high, claim.higher_is_better), "preset": preset, "precision": values[0][2],
+            # Per seed, so a later study (another commit, another machine) can be paired seed by seed.
+            "method_values": " ".join(f"{v:.6f}" for v in method_vals),
+            "baseline_values": " ".join(f"{v:.6f}" for v in base_vals)}
 
 
 def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: bool = False,
@@ -251,7 +254,8 @@ _NUMERIC = ("seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_
 
 
 def read_claims(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """The rows of reports/claims.csv (numbers as floats), [] when no study has been written."""
+    """The rows of reports/claims.csv (numbers as floats; per-seed values space-separated, empty in
+    rows written before they were stored), [] when no study has been written."""
     return read_csv_rows((Path(folder) if folder else reports_dir()) / "claims.csv", _NUMERIC)
 
 
