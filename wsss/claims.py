@@ -204,26 +204,19 @@ def measure_claims(tasks: Sequence[tuple[Claim, dict[str, Any]]], preset: str, s
         for i, (claim, settings) in enumerate(tasks):
             yield i, measure_claim(claim, preset, seeds, progress=progress, log=log, **settings)
         return
-    from concurrent.futures import as_completed
-
-    from wsss.parallel import process_pool, threads_per_job
+    from wsss.parallel import completed_in_processes, threads_per_job
 
     pairs = [(i, s) for i in range(len(tasks)) for s in seeds]
     jobs = min(jobs, len(pairs))
     log(f"[study] {len(pairs)} runs of (claim, seed) pairs in {jobs} processes, "
         f"{threads_per_job(jobs)} thread(s) each")
     values: dict[int, dict[int, tuple[float, float, str]]] = {i: {} for i in range(len(tasks))}
-    pool = process_pool(jobs)
-    try:
-        futures = {pool.submit(_seed_values_in_worker, tasks[i][0].key, preset, s, tasks[i][1]): (i, s)
-                   for i, s in pairs}
-        for future in as_completed(futures):
-            i, s = futures[future]
-            values[i][s] = future.result()
-            if len(values[i]) == len(seeds):
-                yield i, _claim_row(tasks[i][0], preset, [values[i][s] for s in seeds])
-    finally:  # nothing is pending after the last row; after a failure, what has not started is dropped
-        pool.shutdown(wait=True, cancel_futures=True)
+    calls = [(tasks[i][0].key, preset, s, tasks[i][1]) for i, s in pairs]
+    for k, result in completed_in_processes(_seed_values_in_worker, calls, jobs):
+        i, s = pairs[k]
+        values[i][s] = result
+        if len(values[i]) == len(seeds):
+            yield i, _claim_row(tasks[i][0], preset, [values[i][s] for s in seeds])
 
 
 def claims_markdown(rows: Sequence[dict[str, Any]]) -> str:

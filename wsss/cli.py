@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("wsss.runner", "execute a notebook with parameters into reports/runs/ (papermill)"),
     "notebooks": ("wsss.runner", "list the notebooks and their parameters"),
     "study": ("wsss.claims", "every paper's claim over seeds: paired difference, 95%% CI, verdict"),
+    "ceiling": ("wsss.ceiling", "final networks over seeds: the ground-truth ceiling and each method's weak/full "
+                                "ratio, 95%% CIs"),
     "dose-response": ("wsss.dose_response", "a claim's effect at several strengths of its phenomenon"),
     "part-interventions": ("wsss.analysis.probes", "label flips and map mass with the part removed or moved, "
                                                    "every method vs the CAM over seeds"),

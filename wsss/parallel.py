@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any, Callable, Iterator, Sequence
 
 
 def threads_per_job(jobs: int) -> int:
@@ -38,3 +39,17 @@ def process_pool(jobs: int) -> ProcessPoolExecutor:
     """`jobs` spawned worker processes with `threads_per_job(jobs)` threads each."""
     return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_limit_threads, initargs=(threads_per_job(jobs),))
+
+
+def completed_in_processes(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]],
+                           jobs: int) -> Iterator[tuple[int, Any]]:
+    """(index, fn(*calls[index])) as each call finishes, in `jobs` spawned processes (`process_pool`),
+    started in order. `fn` must be importable (a module-level function). A failing call stops the
+    calls that have not started and raises; finished results were already yielded."""
+    pool = process_pool(jobs)
+    try:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:  # nothing is pending after the last result; after a failure, what has not started is dropped
+        pool.shutdown(wait=True, cancel_futures=True)

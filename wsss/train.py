@@ -150,6 +150,11 @@ def fast_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether `train` runs `cfg` in bf16 autocast on `device` (`cfg.amp`; None: on CUDA only)."""
+    return cfg.amp if cfg.amp is not None else device.type == "cuda"
+
+
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     """The device of this process: `device_named(name)`, on this rank's GPU under torchrun."""
     device = device_named(name)
@@ -383,7 +388,7 @@ def _train(method: WSSSMethod, dataset: torch.utils.data.Dataset, cfg: TrainConf
         return TrainResult(**summary)
 
     seed_everything(cfg.seed)
-    use_amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    use_amp = autocast_enabled(cfg, device)
     channels_last = cfg.channels_last
     amp_dtype = torch.bfloat16 if (device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
     if device.type == "cuda":

@@ -35,7 +35,7 @@ import time
 
 from IPython.display import Markdown, display
 
-from wsss import claims, compare, report, viz
+from wsss import ceiling, claims, compare, report, viz
 from wsss.paper_numbers import PAPER_FULLY_SUPERVISED
 from wsss.stages.final import SegConfig
 
@@ -107,6 +107,21 @@ display(Markdown(viz.markdown_table(table, ["method", "train_s"])))
 claim_rows = claims.read_claims()
 display(Markdown(claims.claims_markdown(claim_rows) if claim_rows else
                  "No study yet: `wsss study --preset quick --seeds 5` writes it (`--claims KEY ...` for a subset)."))
+
+# %% [markdown]
+# ## The ceiling and the weak/full ratios over seeds
+#
+# At each seed every mask source (ground truth, each method's pseudo masks) trains the same final
+# network, scored on val without and with CRF. weak/full divides by the ground-truth network's
+# mIoU at the same seed and CRF setting; "bounded" when the ground-truth network without CRF beats
+# the row (the 95% interval of the paired gap lies above 0). From the last `wsss ceiling`
+# (`reports/ceiling.md`; the final column above is one seed).
+
+# %%
+ceiling_rows = ceiling.read_ceiling()
+display(Markdown(ceiling.ceiling_markdown(ceiling_rows) if ceiling_rows else
+                 "No ceiling study yet: `wsss ceiling --preset quick --seeds 5` writes it (`--sources cam eps ...` "
+                 "for a subset; the ground truth is always trained)."))
 
 # %% [markdown]
 # ## The same val images across methods
