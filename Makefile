@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/wsss demo --preset $(PRESET) --jobs $(JOBS)
 
-# TEST_JOBS pytest-xdist workers, one thread each; a file (a regression notebook: its cells share a
-# kernel) stays on one worker.
+# TEST_JOBS pytest-xdist workers, one thread each, each test to whichever worker is free (an idle one
+# steals queued tests: the notebook runs take minutes, most tests a second). Tests that need the same
+# tiny run share it through the session's folder, the run lock keeping a second worker waiting.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist worksteal tests
