@@ -37,12 +37,13 @@ notebook 06 and docs/findings.md):
 - The paper's 10x rate of the new modules over the backbone is kept by running the backbone at
   0.1x (`backbone_lr_mult`), see `param_groups`: under AdamW a 10x decoder stays at the label prior.
 - SSSS's focal mask penalty (`size_penalty`) is available but off, as in the paper's Eq. 1. Its
-  measured effect on the train pseudo masks (EPYC, fp32, seeds 0 / 1 / 2): on 45.4 / 45.7 / 46.4
-  mIoU, off 42.5 / 27.2 / 27.2, +13.56 [-9.39, +36.51], inconclusive over three seeds but
-  positive on each. Without it two seeds of three collapse: the online masks stop covering the
-  image's classes (in the last epoch 35% of the training images get a mask for every class of
-  their label, against 73% on the seed that holds and 82% with the penalty; `complete_masks`
-  drops the rest from the mask losses), and the pseudo masks fall to 27 mIoU (docs/findings.md).
+  measured effect on the train pseudo masks (EPYC, fp32, seeds 0-4): on 45.4 / 45.7 / 46.4 / 46.0 /
+  47.4 mIoU, off 42.5 / 27.2 / 27.2 / 44.1 / 44.0, +9.19 [-1.84, +20.21], inconclusive over five
+  seeds but positive on each. Without it two seeds of five collapse: the online masks stop
+  covering the image's classes (in the last epoch 35% of the training images get a mask for every
+  class of their label, against 73-75% on the seeds that hold and 81-83% with the penalty;
+  `complete_masks` drops the rest from the mask losses), and the pseudo masks fall to 27 mIoU; on
+  the other three it adds 1.8-3.4 points (docs/findings.md).
 - SPR's sigma is the local one pooled over all dilations (PAMR); Eq. 5's per-class sigma_s^c,
   read as the class map's deviation over the image, lowered mIoU (`wsss.refine.spr`).
 - The SCM radius has a floor of 2 so that its 9 samples fit (radius 1 has 4 neighbours).
@@ -181,8 +182,8 @@ def focal_mask_penalty(probs: torch.Tensor, valid: torch.Tensor | None = None, p
     The shape cues paper takes its network and nGWP from SSSS [12] without restating this term. With
     it an empty mask scores log(lam) and a present class is pushed to cover its object; on SynthVOC
     it also pushes the masks over the context that always comes with train and boat (rails, water),
-    on every seed. Without it (`size_penalty=False`) runs are bimodal: on two seeds of three the
-    masks stop covering their classes and the pseudo masks fall from 45-46 to 27 mIoU (module
+    on every seed. Without it (`size_penalty=False`) runs are bimodal: on two seeds of five the
+    masks stop covering their classes and the pseudo masks fall from 45-47 to 27 mIoU (module
     docstring)."""
     if valid is None:
         mbar = probs.mean(dim=(2, 3))
