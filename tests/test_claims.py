@@ -8,6 +8,7 @@ import pytest
 
 from wsss.claims import (CLAIMS, claims_markdown, measure_claim, measure_claims, paired_interval, read_claims, run_study,
                          verdict, write_claims)
+from wsss.io import read_csv_rows
 from wsss.methods.base import available_methods
 
 
@@ -84,22 +85,24 @@ def test_a_failing_run_in_a_worker_stops_the_study(tiny_root: Path, tmp_path: Pa
         list(measure_claims(tasks, "tiny", [0], jobs=0))
 
 
+def _row(key: str, diff: float) -> dict:
+    claim = next(c for c in CLAIMS if c.key == key)
+    return {"claim": key, "paper": claim.paper, "text": claim.text, "metric": claim.metric, "better": "higher",
+            "method": "m", "baseline": "b", "paper_evidence": "e", "seeds": 5, "method_mean": 0.5,
+            "baseline_mean": 0.5 - diff, "diff_mean": diff, "ci_low": diff - 0.01, "ci_high": diff + 0.01,
+            "verdict": "reproduced", "preset": "quick", "precision": "fp32", "measured": "2026-12-01",
+            "code_version": "0.1.0+abc"}
+
+
 def test_writing_a_subset_keeps_the_other_claims(tmp_path: Path) -> None:
     """A study of some claims adds its rows to the table; it never drops the rows of others."""
-    def row(key: str, diff: float) -> dict:
-        claim = next(c for c in CLAIMS if c.key == key)
-        return {"claim": key, "paper": claim.paper, "text": claim.text, "metric": claim.metric, "better": "higher",
-                "method": "m", "baseline": "b", "paper_evidence": "e", "seeds": 5.0, "method_mean": 0.5,
-                "baseline_mean": 0.5 - diff, "diff_mean": diff, "ci_low": diff - 0.01, "ci_high": diff + 0.01,
-                "verdict": "reproduced", "preset": "quick", "precision": "bf16"}
-
-    write_claims([row("vwl_parts", 0.02)], tmp_path)
-    write_claims([row("eps_context", 0.03)], tmp_path)
-    write_claims([row("vwl_parts", 0.04)], tmp_path)
+    write_claims([_row("vwl_parts", 0.02)], tmp_path)
+    write_claims([_row("eps_context", 0.03)], tmp_path)
+    write_claims([_row("vwl_parts", 0.04)], tmp_path)
     read = read_claims(tmp_path)
     assert [r["claim"] for r in read] == ["eps_context", "vwl_parts"]  # the order of CLAIMS
     assert [r["diff_mean"] for r in read] == pytest.approx([0.03, 0.04])
-    assert "| 5 | bf16 | reproduced |" in (tmp_path / "claims.md").read_text()
+    assert "| 5 | fp32 | reproduced |" in (tmp_path / "claims.md").read_text()
 
 
 @pytest.mark.slow
@@ -110,3 +113,39 @@ def test_every_claim_yields_its_metric(tiny_root: Path, tmp_path: Path) -> None:
     for claim, row in zip(CLAIMS, rows):
         assert math.isfinite(row["method_mean"]) and math.isfinite(row["baseline_mean"]), claim.key
         assert row["verdict"] == "inconclusive", claim.key  # one seed decides nothing
+
+
+def test_a_replaced_claim_row_with_other_numbers_goes_to_the_history(tmp_path: Path) -> None:
+    """A rerun never loses the row it replaces: other numbers go to claims_history.csv, the same
+    numbers measured again (another date, another commit) do not."""
+    write_claims([_row("vwl_parts", 0.02)], tmp_path)
+    write_claims([{**_row("vwl_parts", 0.02), "measured": "2026-12-02", "code_version": "0.1.0+def"}], tmp_path)
+    assert not (tmp_path / "claims_history.csv").exists()
+    write_claims([{**_row("vwl_parts", 0.04), "method_values": "0.5 0.5"}], tmp_path)  # a new column too
+    history = read_csv_rows(tmp_path / "claims_history.csv")
+    assert [(r["claim"], float(r["diff_mean"]), r["code_version"]) for r in history] == [("vwl_parts", 0.02, "0.1.0+def")]
+    write_claims([_row("vwl_parts", 0.05)], tmp_path)
+    assert [float(r["diff_mean"]) for r in read_csv_rows(tmp_path / "claims_history.csv")] == [0.02, 0.04]
+    assert [float(r["diff_mean"]) for r in read_claims(tmp_path)] == [0.05]
+
+
+def test_a_study_rerenders_the_claims_table_of_executed_comparison_notebooks(tmp_path: Path) -> None:
+    """An executed 07_compare shows the table as it was when it ran; a later study re-renders that
+    cell (and only that cell), so the notebook and claims.md agree."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("print(1)", outputs=[nbformat.v4.new_output("stream", text="1\n")]),
+        nbformat.v4.new_code_cell("claim_rows = claims.read_claims()\ndisplay(Markdown(...))", outputs=[
+            nbformat.v4.new_output("display_data", data={"text/markdown": "| old table |", "text/plain": "x"})])])
+    (tmp_path / "demo").mkdir()
+    for path in (tmp_path / "07_compare.ipynb", tmp_path / "demo" / "07_compare__preset-quick.ipynb"):
+        nbformat.write(nb, path)
+    write_claims([_row("eps_context", 0.03)], tmp_path)
+    md = (tmp_path / "claims.md").read_text()
+    for path in (tmp_path / "07_compare.ipynb", tmp_path / "demo" / "07_compare__preset-quick.ipynb"):
+        cells = nbformat.read(path, as_version=4).cells
+        assert cells[0].outputs[0]["text"] == "1\n"
+        [out] = cells[1].outputs
+        assert out["data"]["text/markdown"] == md and "+3.00 [+2.00, +4.00]" in md
+        assert cells[1].metadata["wsss"]["claims_refreshed"]

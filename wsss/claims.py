@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from wsss.io import merge_csv_rows, read_csv_rows, write_text
+from wsss.cache import code_version
+from wsss.io import exclusive, merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
 
 
@@ -178,7 +179,8 @@ def _claim_row(claim: Claim, preset: str, values: Sequence[tuple[float, float, s
             "verdict": verdict(low, high, claim.higher_is_better), "preset": preset, "precision": values[0][2],
             # Per seed, so a later study (another commit, another machine) can be paired seed by seed.
             "method_values": " ".join(f"{v:.6f}" for v in method_vals),
-            "baseline_values": " ".join(f"{v:.6f}" for v in base_vals)}
+            "baseline_values": " ".join(f"{v:.6f}" for v in base_vals),
+            "measured": time.strftime("%Y-%m-%d", time.gmtime()), "code_version": code_version()}
 
 
 def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: bool = False,
@@ -234,13 +236,47 @@ def write_claims(rows: Sequence[dict[str, Any]], folder: str | Path | None = Non
     """reports/claims.csv (every column) and reports/claims.md; returns the Markdown file.
 
     Rows of claims that `rows` does not measure are kept, so a study of a subset adds to the table
-    instead of replacing it; the table follows the order of CLAIMS."""
+    instead of replacing it; the table follows the order of CLAIMS. A replaced row with other
+    numbers goes to reports/claims_history.csv. The executed comparison notebooks in the folder
+    (and its demo/ and runs/) show the new table too (`refresh_comparison_notebooks`)."""
     folder = Path(folder) if folder else reports_dir()
     order = {c.key: i for i, c in enumerate(CLAIMS)}
     table = merge_csv_rows(folder / "claims.csv", rows, key=lambda r: r["claim"],
                            order=lambda r: order.get(r["claim"], len(order)), numeric=_NUMERIC)
     write_text(folder / "claims.md", claims_markdown(table))
+    refresh_comparison_notebooks(folder)
     return folder / "claims.md"
+
+
+# The comparison notebook's cell that shows the study (notebooks/src/07_compare.py): its output
+# depends on reports/claims.csv alone.
+_CLAIMS_CELL = "claims.read_claims()"
+_MARKDOWN_REPR = "<IPython.core.display.Markdown object>"
+
+
+def refresh_comparison_notebooks(folder: str | Path | None = None) -> list[Path]:
+    """Re-render the claims cell of every executed comparison notebook (07_compare*.ipynb in
+    `folder`, its demo/ and runs/) from the current table, as executing that cell again would; the
+    cell's metadata records the date (`wsss.claims_refreshed`). Without this, a notebook executed
+    before a study kept showing the rows the study replaced. Returns the notebooks rewritten."""
+    import nbformat
+
+    folder = Path(folder) if folder else reports_dir()
+    refreshed = []
+    with exclusive(folder / ".claims.lock", "the table claims.csv"):
+        shown = claims_markdown(rows) if (rows := read_claims(folder)) else None
+        for path in sorted(folder.glob("07_compare*.ipynb")) + sorted(folder.glob("*/07_compare*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            cells = [c for c in nb.cells if c.cell_type == "code" and _CLAIMS_CELL in c.source and c.outputs]
+            if shown is None or not cells:
+                continue
+            for cell in cells:
+                cell.outputs = [nbformat.v4.new_output("display_data", data={"text/markdown": shown,
+                                                                                "text/plain": _MARKDOWN_REPR})]
+                cell.metadata.setdefault("wsss", {})["claims_refreshed"] = time.strftime("%Y-%m-%d", time.gmtime())
+            write_text(path, nbformat.writes(nb) + "\n")
+            refreshed.append(path)
+    return refreshed
 
 
 _NUMERIC = ("seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")

@@ -288,18 +288,49 @@ def read_csv_rows(path: str | os.PathLike, numeric: Sequence[str] = ()) -> list[
 def merge_csv_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
                    order: Callable[[dict[str, Any]], Any], numeric: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Add `rows` to the CSV table at `path`, replacing earlier rows with the same `key`, sorted by
-    `order`, under a lock (studies side by side write the same table); returns the table's rows."""
-    import csv
-    import io
+    `order`, under a lock (studies side by side write the same table); returns the table's rows.
 
+    A replaced row whose values change (when and by which code it was measured aside) is appended
+    to `<stem>_history.csv` beside the table: a rerun on other code or another machine never loses
+    the result it replaces."""
     path = Path(path)
     with exclusive(path.parent / f".{path.stem}.lock", f"the table {path.name}"):
         merged = {key(r): r for r in read_csv_rows(path, numeric)}
+        replaced = [merged[key(r)] for r in rows if key(r) in merged and _result(merged[key(r)]) != _result(r)]
         merged.update({key(r): r for r in rows})
+        if replaced:
+            history = path.with_name(f"{path.stem}_history.csv")
+            _write_csv(history, read_csv_rows(history) + replaced)
         table = sorted(merged.values(), key=order)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in table for k in r)), restval="")
-        writer.writeheader()
-        writer.writerows(table)
-        write_text(path, buf.getvalue())
+        _write_csv(path, table)
     return table
+
+
+PROVENANCE = ("measured", "code_version")  # columns saying when and by what a row was measured, not what
+
+
+def _result(row: dict[str, Any]) -> dict[str, str]:
+    """The row's values, numbers as floats whether read or new (5 and "5.0" agree), without
+    provenance and empty cells (a column added later leaves older rows empty)."""
+    return {k: _canonical(v) for k, v in row.items() if k not in PROVENANCE and v not in ("", None)}
+
+
+def _canonical(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """`rows` under the union of their columns (in first-seen order), written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
