@@ -9,6 +9,7 @@ import pytest
 from wsss.ceiling import (GROUND_TRUTH, ceiling_markdown, measure_finals, read_ceiling, run_ceiling, source_rows,
                           write_ceiling)
 from wsss.claims import paired_interval
+from wsss.io import read_csv_rows
 
 
 def _scores(mious: list[float], crf_gain: float = 0.02) -> list[dict]:
@@ -48,6 +49,10 @@ def test_the_table_keeps_other_sources_and_reads_back(tmp_path: Path) -> None:
     assert md == ceiling_markdown(rows)
     assert "| cam | no | 56.0 [" in md and "| bounded | 2 | fp32 |" in md
     assert read_ceiling(tmp_path / "nothing") == []
+    assert all(r["code_version"] and r["measured"] for r in rows)
+    replaced = read_csv_rows(tmp_path / "ceiling_history.csv")  # cam's first rows are kept, not lost
+    assert [(r["source"], r["crf"], float(r["miou_mean"])) for r in replaced] == [("cam", "no", pytest.approx(0.51)),
+                                                                                   ("cam", "yes", pytest.approx(0.53))]
 
 
 def test_bad_requests_fail_before_training() -> None:

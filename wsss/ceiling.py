@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from wsss.claims import paired_interval, verdict
+from wsss.claims import paired_interval, provenance, verdict
 from wsss.io import merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
 
@@ -89,7 +89,7 @@ def source_rows(source: str, values: Sequence[dict[str, Any]], ceiling: Sequence
                      .get(verdict(gap[1], gap[2], True), "inconclusive"),
                      "preset": preset, "precision": values[0]["precision"],
                      "train_s": sum(v["train_s"] for v in values) / len(values),
-                     "values": " ".join(f"{m:.6f}" for m in mious)})
+                     "values": " ".join(f"{m:.6f}" for m in mious), **provenance()})
     return rows
 
 

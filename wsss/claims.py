@@ -180,7 +180,13 @@ def _claim_row(claim: Claim, preset: str, values: Sequence[tuple[float, float, s
             # Per seed, so a later study (another commit, another machine) can be paired seed by seed.
             "method_values": " ".join(f"{v:.6f}" for v in method_vals),
             "baseline_values": " ".join(f"{v:.6f}" for v in base_vals),
-            "measured": time.strftime("%Y-%m-%d", time.gmtime()), "code_version": code_version()}
+            **provenance()}
+
+
+def provenance() -> dict[str, str]:
+    """When and by which code a row was measured (`wsss.io.PROVENANCE`): a table row outlives the
+    checkout that wrote it."""
+    return {"measured": time.strftime("%Y-%m-%d", time.gmtime()), "code_version": code_version()}
 
 
 def measure_claim(claim: Claim, preset: str, seeds: Sequence[int], progress: bool = False,
@@ -273,7 +279,7 @@ def refresh_comparison_notebooks(folder: str | Path | None = None) -> list[Path]
             for cell in cells:
                 cell.outputs = [nbformat.v4.new_output("display_data", data={"text/markdown": shown,
                                                                                 "text/plain": _MARKDOWN_REPR})]
-                cell.metadata.setdefault("wsss", {})["claims_refreshed"] = time.strftime("%Y-%m-%d", time.gmtime())
+                cell.metadata.setdefault("wsss", {})["claims_refreshed"] = provenance()["measured"]
             write_text(path, nbformat.writes(nb) + "\n")
             refreshed.append(path)
     return refreshed
