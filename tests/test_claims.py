@@ -149,3 +149,28 @@ def test_a_study_rerenders_the_claims_table_of_executed_comparison_notebooks(tmp
         [out] = cells[1].outputs
         assert out["data"]["text/markdown"] == md and "+3.00 [+2.00, +4.00]" in md
         assert cells[1].metadata["wsss"]["claims_refreshed"]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_claims_agree_everywhere() -> None:
+    """reports/claims.csv, the README's claims table and the shipped comparison notebook's claims
+    cell show the same numbers: a study that updates one and not the others serves stale claims."""
+    import nbformat
+
+    rows = read_claims(REPO / "reports")
+    assert rows, "reports/claims.csv is missing"
+    readme = (REPO / "README.md").read_text()
+    for r in rows:
+        label = f"| {r['paper']}: {r['text']} ("
+        lines = [line for line in readme.splitlines() if line.startswith(label)]
+        assert len(lines) == 1, f"README: {len(lines)} rows for {r['claim']}"
+        cells = [c.strip() for c in lines[0].strip("|").split("|")]
+        shown = claims_markdown([r]).splitlines()[-1]  # the table's own rendering of the row
+        method, baseline, difference, _, _, verdict = [c.strip() for c in shown.strip("|").split("|")][4:]
+        assert cells[1:] == [method, baseline, difference, verdict], r["claim"]
+        assert ("seeds)" in cells[0]) == (int(r["seeds"]) != 5), f"README must name a row's seeds unless 5: {r['claim']}"
+    notebook = nbformat.read(REPO / "reports" / "07_compare.ipynb", as_version=4)
+    [cell] = [c for c in notebook.cells if c.cell_type == "code" and "claims.read_claims()" in c.source]
+    assert cell.outputs[0]["data"]["text/markdown"] == claims_markdown(rows)
