@@ -270,18 +270,20 @@ def refresh_comparison_notebooks(folder: str | Path | None = None) -> list[Path]
     folder = Path(folder) if folder else reports_dir()
     refreshed = []
     with exclusive(folder / ".claims.lock", "the table claims.csv"):
-        shown = claims_markdown(rows) if (rows := read_claims(folder)) else None
+        rows = read_claims(folder)
+        if not rows:
+            return refreshed
+        shown, today = claims_markdown(rows), provenance()["measured"]
         for path in sorted(folder.glob("07_compare*.ipynb")) + sorted(folder.glob("*/07_compare*.ipynb")):
             nb = nbformat.read(path, as_version=4)
             cells = [c for c in nb.cells if c.cell_type == "code" and _CLAIMS_CELL in c.source and c.outputs]
-            if shown is None or not cells:
-                continue
             for cell in cells:
                 cell.outputs = [nbformat.v4.new_output("display_data", data={"text/markdown": shown,
                                                                                 "text/plain": _MARKDOWN_REPR})]
-                cell.metadata.setdefault("wsss", {})["claims_refreshed"] = provenance()["measured"]
-            write_text(path, nbformat.writes(nb) + "\n")
-            refreshed.append(path)
+                cell.metadata.setdefault("wsss", {})["claims_refreshed"] = today
+            if cells:
+                write_text(path, nbformat.writes(nb) + "\n")
+                refreshed.append(path)
     return refreshed
 
 
