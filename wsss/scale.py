@@ -29,7 +29,10 @@ Why these floors (SynthVOC quick, val, measured when they were chosen): MAM's 0.
 and 2, and received the largest MAM weight; at VOC size every paper scale gives at least 11 cells,
 so MIN_MAP_CELLS = 8 drops nothing there. SANCE's final walk on 24-cell maps (the paper's stride 4
 of a 96 px image) scored 17.6 mIoU, on 48-cell maps 55.8; VOC's 94-125-cell walk maps are above
-MIN_WALK_CELLS = 48.
+MIN_WALK_CELLS = 48. A floor of 32 was measured too, since it would keep the tests' 64 px images at
+stride 2 instead of an image-sized walk fed 4x upsampled input (SANCE's tiny notebook 306 -> 112 s):
+on a 32-cell map (stride 3) the same quick SANCE run's walk scored 55.3 val mIoU against 57.6 on
+its 48-cell map (seed 0, the code of December 2026), a cost that 128-191 px images would pay.
 """
 from __future__ import annotations
 
