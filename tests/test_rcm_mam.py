@@ -286,7 +286,8 @@ def test_pseudo_labels_are_the_random_walk_of_its_own_class_maps(tiny_root: Path
     from wsss.experiment import Experiment, ExperimentConfig
     from wsss.train import RESULT_NEUTRAL_KEYS
 
-    cfg = ExperimentConfig.for_preset("tiny", method="rcm_mam", data_root=str(tiny_root), max_steps=2)
+    # The tiny recipe's run and its contour run: the ones notebook 05's test trains (the suite shares runs).
+    cfg = ExperimentConfig.for_preset("tiny", method="rcm_mam")
     exp = Experiment(cfg, progress=False)
     exp.train()
     masks = exp.final_pseudo_masks("val")
@@ -295,6 +296,6 @@ def test_pseudo_labels_are_the_random_walk_of_its_own_class_maps(tiny_root: Path
     assert walk.method.seed_run(walk).run_dir == exp.run_dir  # seeded by this very run
     assert masks.is_relative_to(walk.run_dir) and len(list(masks.glob("*.png"))) == len(exp.dataset("val"))
     assert 0 <= exp.evaluate_masks(masks, "val")["miou"] <= 1
-    plain = Experiment(ExperimentConfig.for_preset("tiny", method="rcm_mam", data_root=str(tiny_root), max_steps=2,
-                                                   method_options={"random_walk": False}), progress=False)
+    plain = Experiment(ExperimentConfig.for_preset("tiny", method="rcm_mam", method_options={"random_walk": False}),
+                       progress=False)
     assert plain.method.pseudo_labels(plain, "val") is None  # the thresholded class maps

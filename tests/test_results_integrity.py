@@ -261,12 +261,12 @@ def test_a_failed_run_keeps_the_last_good_notebook(tiny_root: Path, tmp_path: Pa
 def test_a_seed_loop_keeps_a_row_and_a_notebook_per_seed(tiny_root: Path, tmp_path: Path, monkeypatch) -> None:
     reports = tmp_path / "reports"
     monkeypatch.setenv("WSSS_REPORTS", str(reports))
-    for seed in (1, 2):
+    for seed in (0, 1):  # the CAM runs of these seeds are shared with the claims tests
         assert cli(["run", "01_cam_baseline", "-p", "preset", "tiny", "-p", "seed", str(seed), "-p", "crf", "false"]) == 0
     assert sorted(p.name for p in (reports / "runs").glob("*.ipynb")) == [
-        "01_cam_baseline__crf-False__preset-tiny__seed-1.ipynb", "01_cam_baseline__crf-False__preset-tiny__seed-2.ipynb"]
+        "01_cam_baseline__crf-False__preset-tiny__seed-0.ipynb", "01_cam_baseline__crf-False__preset-tiny__seed-1.ipynb"]
     rows = read_rows(reports / "metrics.csv")
-    assert sorted(r["seed"] for r in rows) == ["1", "2"] and len({r["config_hash"] for r in rows}) == 2
+    assert sorted(r["seed"] for r in rows) == ["0", "1"] and len({r["config_hash"] for r in rows}) == 2
 
 
 @pytest.mark.slow
