@@ -166,22 +166,22 @@ def test_every_method_gives_image_level_probabilities(method: str) -> None:
 
 
 @pytest.mark.slow
-def test_benchmark_row_of_a_trained_run(tiny_root: Path, tmp_path: Path) -> None:
+def test_benchmark_row_of_a_trained_run(tiny_root: Path) -> None:
     from wsss.analysis.probes import benchmark_row, part_intervention_row
     from wsss.experiment import experiment_factory
 
-    run = experiment_factory("tiny", progress=False, run_root=str(tmp_path / "runs"), max_steps=2)("cam")
+    run = experiment_factory("tiny", progress=False)("cam")  # the tiny recipe's run, shared with notebook 08's test
     row = benchmark_row(run)
     groups = ["val", *sv.PROBES]
     assert row["worst_group_miou"] == min(row[f"miou_{g}"] for g in groups)
     assert row[f"miou_{row['worst_group']}"] == row["worst_group_miou"]
     assert 0 <= row["context_fp_swapped"] <= 1 and 0 <= row["relevance_mass"] <= 1
     assert (run.run_dir / "probes" / "swapped").is_dir()
-    again = benchmark_row(run)  # cached maps, same numbers (NaN where a 2-step CAM has no part-class mass)
+    again = benchmark_row(run)  # cached maps, same numbers (NaN where a tiny CAM has no part-class mass)
     assert json.dumps(again, sort_keys=True) == json.dumps(row, sort_keys=True)
     parts = part_intervention_row(run)
     assert 0 <= parts["part_recognized_kept"] <= 1
-    # nothing of the part is left to hold mass (NaN: a 2-step CAM put no mass on these classes)
+    # nothing of the part is left to hold mass (NaN where a tiny CAM put no mass on these classes)
     assert np.isnan(parts["part_mass_removed"]) or parts["part_mass_removed"] == 0
     for name in ("kept", "removed", "moved"):
         shares = [parts[f"{where}_mass_{name}"] for where in ("part", "body", "elsewhere")]
@@ -206,14 +206,13 @@ def test_part_intervention_summary_pairs_seeds_and_skips_nan() -> None:
 
 
 @pytest.mark.slow
-def test_part_intervention_study_writes_a_row_per_method_and_seed(tiny_root: Path, tmp_path: Path) -> None:
+def test_part_intervention_study_writes_a_row_per_method_and_seed(tiny_root: Path) -> None:
     import csv
 
     from wsss.analysis.probes import part_intervention_study
     from wsss.paths import reports_dir
 
-    rows = part_intervention_study("tiny", 1, ["eps"], log=lambda _msg: None, max_steps=2,
-                                   run_root=str(tmp_path / "runs"))
+    rows = part_intervention_study("tiny", 1, ["eps"], log=lambda _msg: None)  # the suite's shared tiny runs
     assert [(r["method"], r["seed"]) for r in rows] == [("cam", 0), ("eps", 0)]
     with open(reports_dir() / "part_interventions.csv") as f:
         assert [(r["method"], r["seed"]) for r in csv.DictReader(f)] == [("cam", "0"), ("eps", "0")]
