@@ -37,6 +37,10 @@ def test_rules() -> None:
     assert PAPER_SCALE.walk_steps(8, 4, 4) == 8 and SMALL.walk_steps(8, 4, 4) == 1
     assert PAPER_SCALE.walk_log2_steps(8, 4, 4) == 8 and SMALL.walk_log2_steps(8, 2, 4) == 5
     assert PAPER_SCALE.walk_stride(4) == 4 and SMALL.walk_stride(4) == 2 and ScalePolicy(16).walk_stride(4) == 1
+    # The tests' tiny preset (64 px) walks on 32-cell maps, not image-sized ones fed 4x-upsampled input.
+    assert ScalePolicy(64).walk_stride(4) == 1 and ScalePolicy(64, min_walk_cells=32).walk_stride(4) == 2
+    with pytest.raises(ValueError, match="min_walk_cells"):
+        ScalePolicy(64, min_walk_cells=0)
 
 
 def test_paper_settings_at_voc_size() -> None:

@@ -34,7 +34,7 @@ from wsss.models.backbones import weights_digest
 from wsss.models.fusion import folded_for_inference
 from wsss.stages.pseudo_masks import write_pseudo_masks
 from wsss.refine.crf import CRFParams
-from wsss.scale import PAPER_SCALE, ScalePolicy
+from wsss.scale import MIN_WALK_CELLS, PAPER_SCALE, ScalePolicy
 from wsss.train import (RESULT_NEUTRAL_KEYS, TrainConfig, TrainResult, device_named, fast_bf16, load_model,
                         split_train_overrides, to_device, train)
 
@@ -50,6 +50,13 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 SYNTHVOC_PRESETS = ("tiny", "quick", "full")
+
+# A random walk's floor (map cells) per SynthVOC preset where it is not the scale policy's
+# MIN_WALK_CELLS. The tests' tiny preset is a smoke test whose numbers are no results: at 48 cells
+# its 64 px images would walk on image-sized maps, the contour network fed 4x-upsampled input (16x
+# the pixels of one pass; 80 of the 102 s of SANCE's tiny propagation); at 32 they walk at stride 2
+# on 2x-upsampled input, the code path of quick's 96 px images at 48 cells.
+WALK_CELLS: dict[str, int] = {"tiny": 32}
 
 TRAINING_INPUTS = "training_inputs.json"  # in a run folder: digests of the training masks it learned from
 
@@ -269,10 +276,10 @@ class Experiment:
         return self.config.crop_size or self._synthvoc_image_size() or 448
 
     def scale_policy(self) -> ScalePolicy:
-        """How the papers' size-dependent settings convert to this data: SynthVOC's image size; the
-        papers' own settings on real data (VOC-sized images)."""
+        """How the papers' size-dependent settings convert to this data: SynthVOC's image size (and
+        the preset's walk floor, `WALK_CELLS`); the papers' own settings on real data (VOC-sized images)."""
         size = self._synthvoc_image_size()
-        return PAPER_SCALE if size is None else ScalePolicy(size)
+        return PAPER_SCALE if size is None else ScalePolicy(size, WALK_CELLS.get(self.config.preset, MIN_WALK_CELLS))
 
     def tta_scales(self) -> tuple[float, ...]:
         """The configured test-time scales that the scale policy keeps for this method's network

@@ -19,8 +19,8 @@ and asks the policy for its value here. Four rules, all exact (the paper's value
   its step count is scaled so that radius * sqrt(steps), the distance a score diffuses, covers
   the same share of the map as in the paper: steps * ratio**2, at least 1.
 - **Walk resolution**: the walk runs at the paper's stride unless that map would be shorter than
-  MIN_WALK_CELLS; then at the largest power-of-two stride that keeps it (an image-sized map at
-  most).
+  `min_walk_cells` (MIN_WALK_CELLS); then at the largest power-of-two stride that keeps it (an
+  image-sized map at most).
 
 Pooling bins (VWL's HSPP levels) are fractions of the map, not cells: they need no conversion.
 
@@ -32,7 +32,10 @@ of a 96 px image) scored 17.6 mIoU, on 48-cell maps 55.8; VOC's 94-125-cell walk
 MIN_WALK_CELLS = 48. A floor of 32 was measured too, since it would keep the tests' 64 px images at
 stride 2 instead of an image-sized walk fed 4x upsampled input (SANCE's tiny notebook 306 -> 112 s):
 on a 32-cell map (stride 3) the same quick SANCE run's walk scored 55.3 val mIoU against 57.6 on
-its 48-cell map (seed 0, the code of December 2026), a cost that 128-191 px images would pay.
+its 48-cell map (seed 0, the code of December 2026), a cost that 128-191 px images would pay. So
+only the tests' smoke preset lowers the floor (`wsss.experiment.WALK_CELLS`): its numbers are no
+results, and at 32 cells its 64 px images walk at stride 2 on 2x-upsampled contour input, the code
+path of quick's 96 px images.
 """
 from __future__ import annotations
 
@@ -54,10 +57,13 @@ class ScalePolicy:
     """The conversion for images whose long side is `image_size` px (REFERENCE_SIZE: the papers')."""
 
     image_size: int = REFERENCE_SIZE
+    min_walk_cells: int = MIN_WALK_CELLS
 
     def __post_init__(self) -> None:
         if self.image_size < 1:
             raise ValueError(f"image_size must be >= 1, got {self.image_size}")
+        if self.min_walk_cells < 1:
+            raise ValueError(f"min_walk_cells must be >= 1, got {self.min_walk_cells}")
 
     def cells(self, stride: int) -> float:
         """The long side, in cells, of a map at `stride`."""
@@ -92,9 +98,9 @@ class ScalePolicy:
         return max(1, round_half_up(math.log2(max(steps, 1.0))))
 
     def walk_stride(self, paper_stride: int) -> int:
-        """The stride of a random walk's map: the paper's, halved while the map is under MIN_WALK_CELLS."""
+        """The stride of a random walk's map: the paper's, halved while the map is under `min_walk_cells`."""
         stride = paper_stride
-        while stride > 1 and self.cells(stride) < MIN_WALK_CELLS:
+        while stride > 1 and self.cells(stride) < self.min_walk_cells:
             stride //= 2
         return stride
 
