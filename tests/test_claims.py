@@ -78,6 +78,7 @@ def test_seeds_in_processes_give_the_rows_of_one_process(tiny_root: Path, tmp_pa
             assert two[i][key] == pytest.approx(one[key], abs=1e-9), (claim.key, key)
 
 
+@pytest.mark.slow
 def test_a_failing_run_in_a_worker_stops_the_study(tiny_root: Path, tmp_path: Path) -> None:
     claim = next(c for c in CLAIMS if c.key == "eps_context")
     tasks = [(claim, {"run_root": str(tmp_path / "runs"), "backbone": "no_such_backbone"})]

@@ -278,6 +278,7 @@ def test_quick_recipe_is_shortened_for_rcm_mam_only_and_explicit_epochs_win() ->
     assert ExperimentConfig.for_preset("quick", method="rcm_mam", epochs=5).train.epochs == 5
 
 
+@pytest.mark.slow
 def test_pseudo_labels_are_the_random_walk_of_its_own_class_maps(tiny_root: Path) -> None:
     """Sec. 4.4: RCM + MAM's pseudo labels propagate its class maps along the contours of a contour
     run seeded by those maps, not by the CAM baseline's."""

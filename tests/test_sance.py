@@ -322,6 +322,7 @@ def test_walk_inputs_equal_separate_passes_with_each_scale_run_once(name: str, s
         assert scores is None
 
 
+@pytest.mark.slow
 def test_tiny_end_to_end(tiny_root) -> None:
     from wsss.analysis.contours import contour_scores
     from wsss.experiment import Experiment, ExperimentConfig

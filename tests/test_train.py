@@ -358,6 +358,7 @@ def test_bf16_inference_returns_fp32_maps_close_to_fp32_ones() -> None:
     assert torch.allclose(fast, exact, atol=0.05 * exact.abs().max().item())
 
 
+@pytest.mark.slow
 def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """`python -m wsss.benchmarks.pipeline` on a cut of the full preset (VOC's image shapes): a row
