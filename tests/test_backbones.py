@@ -1,6 +1,8 @@
 """Backbones: each named architecture builds without weights and has the stage strides it reports."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,12 @@ def test_folded_batch_norms_give_the_same_maps_and_leave_the_model_alone(method,
                if isinstance(m, torch.nn.BatchNorm2d)]
     assert not bn_left, "every batch norm of the backbone is folded"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items()), "the original is unchanged"
+
+
+def test_wsss_starts_without_importing_torchvision() -> None:
+    """Importing torchvision pulls in torch._dynamo: 2-3 s of every notebook kernel's and study
+    worker's start. Only the ResNet and DeepLab v3 paths need it, and they import it when used."""
+    code = ("import sys, wsss.cli, wsss.experiment, wsss.compare, wsss.claims, wsss.ceiling, wsss.viz, "
+            "wsss.stages.final; print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -14,7 +14,9 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torchvision
+
+# torchvision is imported by the ResNet paths alone: importing it pulls in torch._dynamo (2-3 s of
+# every process start: each notebook kernel, each study worker), which the small backbone never needs.
 
 
 class Backbone(nn.Module):
@@ -110,6 +112,8 @@ def small_backbone(widths: tuple[int, ...] = (32, 64, 128, 128), norm: str = "bn
 def _resnet(arch: str, output_stride: int, pretrained: str | os.PathLike | None, freeze_bn: bool) -> Backbone:
     """torchvision ResNet with output stride 16 (IRNet's: the last stage keeps the resolution) or 8
     (DeepLab's and SANCE's: the last two stages do)."""
+    import torchvision
+
     ctor: Callable[..., torchvision.models.ResNet] = getattr(torchvision.models, arch)
     if output_stride not in (8, 16):
         raise ValueError(f"ResNet output stride must be 8 or 16, got {output_stride}")
@@ -137,6 +141,8 @@ def _resnet(arch: str, output_stride: int, pretrained: str | os.PathLike | None,
 def load_pretrained(net: nn.Module, arch: str, pretrained: str | os.PathLike) -> None:
     """Load ImageNet weights: 'imagenet' asks torchvision (downloads once), a path reads a file."""
     if str(pretrained) == "imagenet":
+        import torchvision
+
         weights = torchvision.models.get_weight(f"{_WEIGHT_ENUMS[arch]}.IMAGENET1K_V1")
         try:
             state = weights.get_state_dict(progress=True)

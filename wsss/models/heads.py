@@ -16,7 +16,6 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models.segmentation.deeplabv3 import ASPP
 
 
 class DeepLabV2ASPP(nn.Module):
@@ -53,9 +52,16 @@ class DeepLabV3ASPP(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], dim=1))
 
 
+def torchvision_aspp(in_channels: int, rates: Sequence[int], width: int) -> nn.Module:
+    """torchvision's DeepLab v3 ASPP (imported here, not with this module: see wsss.models.backbones)."""
+    from torchvision.models.segmentation.deeplabv3 import ASPP
+
+    return ASPP(in_channels, list(rates), width)
+
+
 def deeplabv3_head(in_channels: int, out_classes: int, rates: Sequence[int], width: int) -> nn.Sequential:
     """torchvision's DeepLabHead with a chosen width (its own is fixed at 256 channels)."""
-    return nn.Sequential(ASPP(in_channels, list(rates), width), nn.Conv2d(width, width, 3, padding=1, bias=False),
+    return nn.Sequential(torchvision_aspp(in_channels, rates, width), nn.Conv2d(width, width, 3, padding=1, bias=False),
                          nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.Conv2d(width, out_classes, 1))
 
 
@@ -73,7 +79,7 @@ class DeepLabV3PlusHead(nn.Module):
     def __init__(self, high_channels: int, low_channels: int, out_classes: int, rates: Sequence[int],
                  width: int = 128, low_width: int = 24) -> None:
         super().__init__()
-        self.aspp = ASPP(high_channels, list(rates), width)
+        self.aspp = torchvision_aspp(high_channels, rates, width)
         self.low = _conv_bn_relu(low_channels, low_width, 1)
         self.fuse = nn.Sequential(_conv_bn_relu(width + low_width, width, 3), _conv_bn_relu(width, width, 3))
         self.classifier = nn.Conv2d(width, out_classes, 1)

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 from wsss.progress import tqdm
 
 from wsss.data.transforms import train_transform
@@ -107,6 +106,8 @@ class SegmentationNet(WSSSMethod):
         elif model == "small_aspp":
             head = deeplabv3_head(backbone.out_channels, num_classes + 1, rates, width=128)
         elif model == "deeplabv3_resnet50":
+            import torchvision  # not at module import: see wsss.models.backbones
+
             net = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None,
                                                                      num_classes=num_classes + 1, aux_loss=False)
             if pretrained is not None:
