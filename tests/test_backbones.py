@@ -124,8 +124,9 @@ def test_folded_batch_norms_give_the_same_maps_and_leave_the_model_alone(method,
 
 
 def test_wsss_starts_without_importing_torchvision() -> None:
-    """Importing torchvision pulls in torch._dynamo: 2-3 s of every notebook kernel's and study
-    worker's start. Only the ResNet and DeepLab v3 paths need it, and they import it when used."""
+    """Importing torchvision pulls in torch._dynamo: 2-3 s of the start of every process that does
+    not train (a kernel on cached runs, the CLI). Only the ResNet and DeepLab v3 paths need it, and
+    they import it when used."""
     code = ("import sys, wsss.cli, wsss.experiment, wsss.compare, wsss.claims, wsss.ceiling, wsss.viz, "
             "wsss.stages.final; print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -52,10 +52,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 SYNTHVOC_PRESETS = ("tiny", "quick", "full")
 
 # A random walk's floor (map cells) per SynthVOC preset where it is not the scale policy's
-# MIN_WALK_CELLS. The tests' tiny preset is a smoke test whose numbers are no results: at 48 cells
-# its 64 px images would walk on image-sized maps, the contour network fed 4x-upsampled input (16x
-# the pixels of one pass; 80 of the 102 s of SANCE's tiny propagation); at 32 they walk at stride 2
-# on 2x-upsampled input, the code path of quick's 96 px images at 48 cells.
+# MIN_WALK_CELLS: the tests' smoke preset, whose numbers are no results (why 32: wsss/scale.py).
 WALK_CELLS: dict[str, int] = {"tiny": 32}
 
 TRAINING_INPUTS = "training_inputs.json"  # in a run folder: digests of the training masks it learned from

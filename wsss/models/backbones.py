@@ -15,8 +15,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-# torchvision is imported by the ResNet paths alone: importing it pulls in torch._dynamo (2-3 s of
-# every process start: each notebook kernel, each study worker), which the small backbone never needs.
+# torchvision is imported by the ResNet paths alone: importing it pulls in torch._dynamo (2-3 s of a
+# process start), which the small backbone never needs. (A process that trains pays it anyway, later:
+# torch's optimizers import torch._dynamo when built; kernels on cached runs and the CLI do not.)
 
 
 class Backbone(nn.Module):
