@@ -4,12 +4,22 @@ from __future__ import annotations
 import pytest
 import torch.nn as nn
 
+from wsss.experiment import ExperimentConfig
 from wsss.methods.base import build_method
 from wsss.scale import MIN_MAP_CELLS, PAPER_SCALE, REFERENCE_SIZE, ScalePolicy
 from wsss.stages.final import SegmentationNet
 from wsss.stages.propagation import PseudoLabelParams
 
 SMALL = ScalePolicy(96)  # SynthVOC quick
+
+
+def test_only_the_smoke_preset_drops_test_time_scale_2() -> None:
+    """The tests' tiny preset averages scales 1 and 1.5 (a smoke test's cost); quick and full keep
+    the papers' list for the policy to convert, and a scale list given explicitly is kept."""
+    papers = (1.0, 0.5, 1.5, 2.0)
+    assert ExperimentConfig.for_preset("tiny").scales == (1.0, 1.5)
+    assert ExperimentConfig.for_preset("quick").scales == ExperimentConfig.for_preset("full").scales == papers
+    assert ExperimentConfig.for_preset("tiny", scales=papers).scales == papers
 
 
 def dilations(module: nn.Module) -> tuple[int, ...]:
