@@ -358,6 +358,21 @@ def test_bf16_inference_returns_fp32_maps_close_to_fp32_ones() -> None:
     assert torch.allclose(fast, exact, atol=0.05 * exact.abs().max().item())
 
 
+def test_the_training_benchmark_times_the_final_network_too() -> None:
+    """`wsss.benchmarks.train` measures the network `wsss ceiling` trains (on random label maps), and
+    says which backbones it has one on rather than timing another network."""
+    from wsss.benchmarks.train import FINAL, bench, build
+    from wsss.scale import ScalePolicy
+    from wsss.stages.final import SegmentationNet
+
+    net = build(FINAL, 3, "small", ScalePolicy(32))
+    assert isinstance(net, SegmentationNet) and net.model == "small_deeplabv3plus"
+    result = bench(FINAL, "small", size=32, batch=2, steps=1, warmup=0, device="cpu", amp=False, num_classes=3)
+    assert math.isfinite(result["images_per_s"]) and result["images_per_s"] > 0
+    with pytest.raises(ValueError, match="no model on backbone 'resnet18'"):
+        build(FINAL, 3, "resnet18", ScalePolicy(32))
+
+
 @pytest.mark.slow
 def test_the_pipeline_benchmark_times_every_cam_stage_on_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:

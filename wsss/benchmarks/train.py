@@ -1,6 +1,7 @@
 """Training throughput (images/s) and peak memory of methods and backbones on random batches.
 
-    python -m wsss.benchmarks.train                       # every method on 'small' at 96 px
+    python -m wsss.benchmarks.train                       # every method and the final network, 'small', 96 px
+    python -m wsss.benchmarks.train --methods final       # the final network alone (what `wsss ceiling` trains)
     python -m wsss.benchmarks.train --backbone resnet50 --size 128 --methods cam
     python -m wsss.benchmarks.train --device cuda --batch 16
     python -m wsss.benchmarks.train --amp off --threads 1 2   # fp32, on one thread and on two
@@ -19,17 +20,30 @@ from contextlib import nullcontext
 
 import torch
 
-from wsss.methods.base import available_methods, build_method, method_class
+from wsss.methods.base import WSSSMethod, available_methods, build_method, method_class
 from wsss.scale import ScalePolicy
 from wsss.train import fast_bf16, to_device
+
+FINAL = "final"  # the final stage's segmentation network, trained on label maps (`wsss.stages.final`)
+FINAL_MODELS = {"small": "small_deeplabv3plus", "resnet50": "deeplabv3_resnet50"}  # per --backbone
+
+
+def build(name: str, num_classes: int, backbone: str, scale: ScalePolicy) -> WSSSMethod:
+    """A registered method, or FINAL: the final network the final stage builds on that backbone."""
+    if name != FINAL:
+        return build_method(name, num_classes, backbone, scale=scale)
+    if backbone not in FINAL_MODELS:
+        raise ValueError(f"the final network has no model on backbone {backbone!r}; backbones: {sorted(FINAL_MODELS)}")
+    from wsss.stages.final import SegmentationNet
+
+    return SegmentationNet(num_classes, FINAL_MODELS[backbone], scale=scale)
 
 
 def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, warmup: int, device: str,
           amp: bool, num_classes: int = 8, channels_last: bool = True) -> dict[str, float]:
     torch.manual_seed(0)
     # Settings that depend on the image size (radii, rates, scales) as a run on `size` px images has them.
-    method = to_device(build_method(method_name, num_classes, backbone, scale=ScalePolicy(size)), device,
-                       channels_last)
+    method = to_device(build(method_name, num_classes, backbone, ScalePolicy(size)), device, channels_last)
     dev_type = torch.device(device).type
     cuda = dev_type == "cuda"
     method.train()
@@ -40,11 +54,11 @@ def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, wa
     b = {"image": image.contiguous(memory_format=torch.channels_last) if channels_last else image, "label": labels,
          "valid": torch.ones(batch, size, size, dtype=torch.bool, device=device),
          "index": torch.arange(batch), "id": [f"x{i}" for i in range(batch)]}
-    if "saliency" in method_class(method_name).requires:
+    if method_name != FINAL and "saliency" in method_class(method_name).requires:
         b["saliency"] = torch.rand(batch, size, size, device=device)
-    # Second stages (SANCE) also train on per-image label maps: random seeds, some ignored.
+    # Second stages (SANCE) and the final network train on per-image label maps: random ones, some ignored.
     seeds = torch.randint(0, num_classes + 1, (batch, size, size), device=device)
-    b["seed_mask"] = torch.where(torch.rand(batch, size, size, device=device) < 0.3, 255, seeds)
+    b["seed_mask"] = b["target_mask"] = torch.where(torch.rand(batch, size, size, device=device) < 0.3, 255, seeds)
     autocast = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16)) if amp else nullcontext
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -68,7 +82,8 @@ def bench(method_name: str, backbone: str, size: int, batch: int, steps: int, wa
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="*", default=None, help="default: every registered method")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help=f"default: every registered method and {FINAL!r}, the final network (on small or resnet50)")
     p.add_argument("--backbone", default="small")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--batch", type=int, default=16)
@@ -80,7 +95,8 @@ def main() -> None:
     p.add_argument("--nchw", action="store_true", help="plain NCHW layout instead of the loop's channels_last")
     p.add_argument("--threads", type=int, nargs="*", default=None, help="CPU threads, one table each (default: torch's)")
     args = p.parse_args()
-    methods = args.methods or [m for m in available_methods() if m != "segmentation"]
+    methods = args.methods or [m for m in available_methods() if m != "segmentation"] + \
+        ([FINAL] if args.backbone in FINAL_MODELS else [])
     amp = fast_bf16(torch.device(args.device)) if args.amp == "auto" else args.amp == "on"
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
