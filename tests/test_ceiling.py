@@ -67,14 +67,17 @@ def test_bad_requests_fail_before_training() -> None:
 
 
 @pytest.mark.slow
-def test_final_networks_train_per_seed_and_in_processes_as_in_one(tiny_root: Path, tmp_path: Path) -> None:
+def test_final_networks_train_per_seed_and_in_processes_as_in_one(tiny_root: Path, tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
     """Each (source, seed) trains its own network from that seed's method run; two processes give
-    the rows one process reads back from the same cached networks."""
+    the rows one process reads back from the same cached networks, and show their progress as text."""
     settings = dict(run_root=str(tmp_path / "runs"), max_steps=1,
                     final={"max_steps": 2, "batch_size": 4, "crop_size": 32, "scales": (1.0,)})
     lines: list[str] = []
-    two = [row for rows in measure_finals(["cam"], "tiny", [0, 1], jobs=2, log=lines.append, **settings)
-           for row in rows]
+    two = [row for rows in measure_finals(["cam"], "tiny", [0, 1], jobs=2, log=lines.append, progress=True,
+                                          **settings) for row in rows]
+    # the workers' bars, in ascii text (widgets or redraws of several processes would garble a terminal)
+    assert capfd.readouterr().err.count("train segmentation: 100%|##########| 2/2") == 4
     assert [(r["source"], r["crf"]) for r in two] == [(GROUND_TRUTH, "no"), (GROUND_TRUTH, "yes"), ("cam", "no"),
                                                        ("cam", "yes")]
     finals = sorted(p.name.split("-")[1] for p in (tmp_path / "runs").iterdir() if p.name.startswith("final-"))

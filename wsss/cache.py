@@ -28,9 +28,9 @@ from wsss.io import exclusive, write_json
 MARKER = "_done"
 PACKAGE = Path(__file__).resolve().parent
 # Modules that only present or orchestrate numbers (tables, plots, the command line, the widget,
-# benchmarks): editing them does not change a cached number, so they stay out of the code key.
+# progress bars, benchmarks): editing them does not change a cached number, so they stay out of the code key.
 _PRESENTATION = {"viz.py", "explorer.py", "report.py", "runner.py", "cli.py", "compare.py", "claims.py", "ceiling.py",
-                 "dose_response.py", "paper_numbers.py", "parallel.py"}
+                 "dose_response.py", "paper_numbers.py", "parallel.py", "progress.py"}
 
 
 def digest(obj: Any, length: int = 12) -> str:

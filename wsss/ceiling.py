@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from wsss.claims import paired_interval, provenance, verdict
+from wsss.cli import add_progress_flag
 from wsss.io import merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
 
@@ -60,9 +61,9 @@ def final_scores(source: str, preset: str, seed: int, final: dict[str, Any] | No
             "seconds": time.perf_counter() - t, "run": stage.run_dir.name}
 
 
-def _final_scores_in_worker(source: str, preset: str, seed: int, final: dict[str, Any] | None,
+def _final_scores_in_worker(source: str, preset: str, seed: int, final: dict[str, Any] | None, progress: bool,
                             settings: dict[str, Any]) -> dict[str, Any]:
-    return final_scores(source, preset, seed, final, **settings)
+    return final_scores(source, preset, seed, final, progress, **settings)
 
 
 def source_rows(source: str, values: Sequence[dict[str, Any]], ceiling: Sequence[dict[str, Any]],
@@ -95,9 +96,10 @@ def source_rows(source: str, values: Sequence[dict[str, Any]], ceiling: Sequence
 
 def measure_finals(sources: Sequence[str], preset: str, seeds: Sequence[int], jobs: int = 1,
                    final: dict[str, Any] | None = None, log: Callable[[str], None] = print,
-                   **settings: Any) -> Iterator[list[dict[str, Any]]]:
+                   progress: bool = False, **settings: Any) -> Iterator[list[dict[str, Any]]]:
     """The rows of each source (ground truth first, always measured) as soon as its seeds and the
-    ceiling's are in. With `jobs` > 1 the (source, seed) pairs train in that many processes."""
+    ceiling's are in. With `jobs` > 1 the (source, seed) pairs train in that many processes.
+    `progress`: the bars of each network's training and scoring (text bars in the processes)."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError("no seeds to measure")
@@ -123,14 +125,14 @@ def measure_finals(sources: Sequence[str], preset: str, seeds: Sequence[int], jo
 
     if jobs == 1:
         for source, seed in pairs:
-            yield from done(source, seed, final_scores(source, preset, seed, final, **settings))
+            yield from done(source, seed, final_scores(source, preset, seed, final, progress, **settings))
         return
     from wsss.parallel import completed_in_processes, threads_per_job
 
     jobs = min(jobs, len(pairs))
     log(f"[ceiling] {len(pairs)} final networks of (source, seed) pairs in {jobs} processes, "
         f"{threads_per_job(jobs)} thread(s) each")
-    calls = [(source, preset, seed, final, settings) for source, seed in pairs]
+    calls = [(source, preset, seed, final, progress, settings) for source, seed in pairs]
     for k, value in completed_in_processes(_final_scores_in_worker, calls, jobs):
         yield from done(*pairs[k], value)
 
@@ -168,14 +170,15 @@ def read_ceiling(folder: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def run_ceiling(preset: str, seeds: int, sources: Sequence[str] | None = None, jobs: int = 1,
-                **settings: Any) -> list[dict[str, Any]]:
+                progress: bool = False, **settings: Any) -> list[dict[str, Any]]:
     """Every source (or those named) over seeds 0..seeds-1, written to reports/ceiling.* as each
     source completes (an interrupted study keeps what it finished, and its networks are cached)."""
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds}")
     rows: list[dict[str, Any]] = []
     written = None
-    for source_rows_ in measure_finals(sources or SOURCES, preset, range(seeds), jobs, **settings):
+    for source_rows_ in measure_finals(sources or SOURCES, preset, range(seeds), jobs, progress=progress,
+                                       **settings):
         rows += source_rows_
         written = write_ceiling(source_rows_)
     print(ceiling_markdown(rows))
@@ -191,9 +194,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a subset of the mask sources (default: all; the ground truth is always trained)")
     p.add_argument("--jobs", type=int, default=1,
                    help="networks side by side in this many processes, each with cores/jobs threads (default 1)")
+    add_progress_flag(p)
     p.set_defaults(func=_cmd_ceiling)
 
 
 def _cmd_ceiling(args: argparse.Namespace) -> int:
-    run_ceiling(args.preset, args.seeds, args.sources, args.jobs)
+    run_ceiling(args.preset, args.seeds, args.sources, args.jobs, progress=args.progress)
     return 0

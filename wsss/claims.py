@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from wsss.cache import code_version
+from wsss.cli import add_progress_flag
 from wsss.io import exclusive, merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
 
@@ -163,9 +164,10 @@ def _seed_values(claim: Claim, preset: str, seed: int, progress: bool, log: Call
     return method_val, base_val, "bf16" if run.config.train.amp else "fp32"
 
 
-def _seed_values_in_worker(key: str, preset: str, seed: int, settings: dict[str, Any]) -> tuple[float, float, str]:
+def _seed_values_in_worker(key: str, preset: str, seed: int, progress: bool,
+                           settings: dict[str, Any]) -> tuple[float, float, str]:
     claim = next(c for c in CLAIMS if c.key == key)
-    return _seed_values(claim, preset, seed, False, lambda line: print(line, flush=True), settings)
+    return _seed_values(claim, preset, seed, progress, lambda line: print(line, flush=True), settings)
 
 
 def _claim_row(claim: Claim, preset: str, values: Sequence[tuple[float, float, str]]) -> dict[str, Any]:
@@ -219,7 +221,7 @@ def measure_claims(tasks: Sequence[tuple[Claim, dict[str, Any]]], preset: str, s
     log(f"[study] {len(pairs)} runs of (claim, seed) pairs in {jobs} processes, "
         f"{threads_per_job(jobs)} thread(s) each")
     values: dict[int, dict[int, tuple[float, float, str]]] = {i: {} for i in range(len(tasks))}
-    calls = [(tasks[i][0].key, preset, s, tasks[i][1]) for i, s in pairs]
+    calls = [(tasks[i][0].key, preset, s, progress, tasks[i][1]) for i, s in pairs]
     for k, result in completed_in_processes(_seed_values_in_worker, calls, jobs):
         i, s = pairs[k]
         values[i][s] = result
@@ -304,6 +306,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a subset of the claims (default: all)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs side by side in this many processes, each with cores/jobs threads (default 1)")
+    add_progress_flag(p)
     p.set_defaults(func=_cmd_study)
 
 
@@ -329,5 +332,5 @@ def run_study(preset: str, seeds: int, keys: Sequence[str] | None = None, progre
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    run_study(args.preset, args.seeds, args.claims, jobs=args.jobs)
+    run_study(args.preset, args.seeds, args.claims, progress=args.progress, jobs=args.jobs)
     return 0

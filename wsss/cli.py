@@ -29,6 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """`--progress/--no-progress` for a command that trains for hours: bars by default."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars of each run's training and scoring (default: on; with --jobs > 1 "
+                             "each process's bars as text lines, redrawn at most every 30 s)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with `command`'s full arguments; other commands by name and help only."""
     parser = argparse.ArgumentParser(prog="wsss", description="Weakly supervised semantic segmentation workbench.")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from wsss.cli import add_progress_flag
 from wsss.io import merge_csv_rows, read_csv_rows
 from wsss.paths import data_dir, reports_dir
 
@@ -165,6 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="runs side by side in this many processes, each with cores/jobs threads (default 1)")
     p.add_argument("--plot-only", action="store_true",
                    help="measure nothing: redraw the table and plot from reports/dose_response.csv")
+    add_progress_flag(p)
     p.set_defaults(func=_cmd_dose_response)
 
 
@@ -172,7 +174,8 @@ def _cmd_dose_response(args: argparse.Namespace) -> int:
     from wsss import viz
 
     if not args.plot_only:
-        measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims, jobs=args.jobs)
+        measure_dose_response(args.knob, args.preset, args.seeds, args.strengths, args.claims, progress=args.progress,
+                              jobs=args.jobs)
     rows = [r for r in read_dose_response() if r["knob"] == args.knob and r["preset"] == args.preset]
     if not rows:
         raise ValueError(f"no {args.knob} rows at preset {args.preset} in {reports_dir() / 'dose_response.csv'}")

@@ -13,6 +13,8 @@ import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Sequence
 
+from wsss.progress import TEXT_ENV
+
 
 def threads_per_job(jobs: int) -> int:
     """The threads each of `jobs` processes gets: this process's budget (OMP_NUM_THREADS when set,
@@ -28,17 +30,19 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
-def _limit_threads(threads: int) -> None:
+def _start_worker(threads: int) -> None:
     os.environ.update(thread_env(threads))  # read when torch loads in the worker, which is after this
+    os.environ[TEXT_ENV] = "1"  # several workers' bars share one terminal: text, redrawn at most every 30 s
     import torch
 
     torch.set_num_threads(threads)
 
 
 def process_pool(jobs: int) -> ProcessPoolExecutor:
-    """`jobs` spawned worker processes with `threads_per_job(jobs)` threads each."""
+    """`jobs` spawned worker processes with `threads_per_job(jobs)` threads each, their progress
+    bars (where the work asks for them) in sparse text."""
     return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_limit_threads, initargs=(threads_per_job(jobs),))
+                               initializer=_start_worker, initargs=(threads_per_job(jobs),))
 
 
 def completed_in_processes(fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]],

@@ -1,6 +1,7 @@
 """Progress bars: widgets in an interactive notebook, text on a terminal, and sparse text in a
 notebook executed headless (`wsss run`, the demo, the tests set `WSSS_TEXT_PROGRESS`), whose saved
-outputs then show each bar's last state instead of a widget that a static viewer draws at 0%."""
+outputs then show each bar's last state instead of a widget that a static viewer draws at 0%, and
+in the worker processes of a study (`wsss.parallel`), whose bars share the terminal."""
 from __future__ import annotations
 
 import os
@@ -22,7 +23,23 @@ class _SparseText(_text):
         super().__init__(*args, **kwargs)
 
 
-tqdm = _SparseText if os.environ.get(TEXT_ENV) else _interactive
+class _Bars:
+    """`tqdm(...)` and `tqdm.write(...)` in the style the environment asks for when the bar starts,
+    not when this module was imported: a worker process (`wsss.parallel`) switches to sparse text
+    after its imports, since the bars of several processes share one terminal or log."""
+
+    @staticmethod
+    def style() -> type[_text]:
+        return _SparseText if os.environ.get(TEXT_ENV) else _interactive
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _text:
+        return self.style()(*args, **kwargs)
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        self.style().write(*args, **kwargs)
+
+
+tqdm = _Bars()
 
 
 T = TypeVar("T")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from wsss.cache import cached_folder, code_fingerprint, files_fingerprint
+from wsss.cli import add_progress_flag
 from wsss.data import synthvoc
 from wsss.data.transforms import eval_transform
 from wsss.data.voc import VOCDataset
@@ -303,6 +304,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="quick", choices=("tiny", "quick", "full"))
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     p.add_argument("--methods", nargs="+", default=None, help="default: every main method with class maps")
+    add_progress_flag(p)
     p.set_defaults(func=_cmd_part_interventions)
 
 
@@ -311,7 +313,7 @@ def _cmd_part_interventions(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {args.seeds}")
-    rows = part_intervention_study(args.preset, args.seeds, args.methods)
+    rows = part_intervention_study(args.preset, args.seeds, args.methods, progress=args.progress)
     summary = part_intervention_summary(rows)
     print(viz.markdown_table(summary, ["method", "seeds", "part_recognized_kept", "label_flips_removed",
                                        "label_flips_moved", "part_mass_kept", "body_mass_kept", "part_mass_moved",
