@@ -88,3 +88,12 @@ def test_final_networks_train_per_seed_and_in_processes_as_in_one(tiny_root: Pat
         for key in ("miou_mean", "ratio_mean", "ratio_low", "gap_mean"):
             assert a[key] == pytest.approx(b[key], abs=1e-9, nan_ok=True), (a["source"], a["crf"], key)
         assert all(0.0 <= float(v) <= 1.0 for v in a["values"].split())
+
+
+def test_a_merge_writes_the_kept_rows_seed_counts_back_as_integers(tmp_path: Path) -> None:
+    ceiling = _scores([0.80, 0.84])
+    write_ceiling(source_rows(GROUND_TRUTH, ceiling, ceiling, "quick"), tmp_path)
+    write_ceiling(source_rows("eps", _scores([0.60, 0.66]), ceiling, "quick"), tmp_path)  # re-reads the GT rows
+    rows = read_csv_rows(tmp_path / "ceiling.csv")
+    assert [(r["source"], r["seeds"]) for r in rows] == [(GROUND_TRUTH, "2")] * 2 + [("eps", "2")] * 2
+    assert read_ceiling(tmp_path)[0]["miou_mean"] == pytest.approx(0.82)

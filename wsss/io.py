@@ -275,14 +275,20 @@ def exclusive(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
 
 
 def read_csv_rows(path: str | os.PathLike, numeric: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """The rows of a CSV table, the `numeric` columns as floats; [] when the file does not exist."""
+    """The rows of a CSV table, the `numeric` columns as numbers (an int where the cell was written as
+    one, e.g. a seed count, so a merge writes it back unchanged; else a float); [] when the file does
+    not exist."""
     import csv
 
     path = Path(path)
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return [{k: (float(v) if k in numeric else v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: (_number(v) if k in numeric else v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def merge_csv_rows(path: str | os.PathLike, rows: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any],
