@@ -97,3 +97,38 @@ def test_a_merge_writes_the_kept_rows_seed_counts_back_as_integers(tmp_path: Pat
     rows = read_csv_rows(tmp_path / "ceiling.csv")
     assert [(r["source"], r["seeds"]) for r in rows] == [(GROUND_TRUTH, "2")] * 2 + [("eps", "2")] * 2
     assert read_ceiling(tmp_path)[0]["miou_mean"] == pytest.approx(0.82)
+
+
+def test_a_ceiling_study_rerenders_the_ceiling_cell_of_executed_comparison_notebooks(tmp_path: Path) -> None:
+    """An executed 07_compare (here and in demo/) shows the ceiling as it was when it ran; writing the
+    table re-renders that cell and no other, so the notebook and ceiling.md agree."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("claim_rows = claims.read_claims()", outputs=[
+            nbformat.v4.new_output("display_data", data={"text/markdown": "| claims |", "text/plain": "x"})]),
+        nbformat.v4.new_code_cell("ceiling_rows = ceiling.read_ceiling()\ndisplay(Markdown(...))", outputs=[
+            nbformat.v4.new_output("display_data", data={"text/markdown": "No ceiling study yet", "text/plain": "x"})])])
+    (tmp_path / "demo").mkdir()
+    notebooks = (tmp_path / "07_compare.ipynb", tmp_path / "demo" / "07_compare.ipynb")
+    for path in notebooks:
+        nbformat.write(nb, path)
+    ceiling = _scores([0.80, 0.84])
+    write_ceiling(source_rows(GROUND_TRUTH, ceiling, ceiling, "quick"), tmp_path)
+    write_ceiling(source_rows("cam", _scores([0.5, 0.52]), ceiling, "quick"), tmp_path)
+    md = (tmp_path / "ceiling.md").read_text()
+    assert "| cam | no | 51.0 [" in md
+    for path in notebooks:
+        claims_cell, ceiling_cell = nbformat.read(path, as_version=4).cells
+        assert claims_cell.outputs[0]["data"]["text/markdown"] == "| claims |"
+        [out] = ceiling_cell.outputs
+        assert out["data"]["text/markdown"] == md and ceiling_cell.metadata["wsss"]["ceiling_refreshed"]
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_ceiling_markdown_shows_the_shipped_table() -> None:
+    rows = read_ceiling(REPO / "reports")
+    assert rows and rows[0]["source"] == GROUND_TRUTH, "reports/ceiling.csv is missing its ground-truth rows"
+    assert (REPO / "reports" / "ceiling.md").read_text() == ceiling_markdown(rows)

@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 from wsss.claims import paired_interval, provenance, verdict
 from wsss.cli import add_progress_flag
-from wsss.io import merge_csv_rows, read_csv_rows, write_text
+from wsss.io import exclusive, merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
+from wsss.study_tables import refresh_table_cells, table_folder
 
 GROUND_TRUTH = "ground_truth"
 # The weakly supervised sources: the CAM baseline and each paper's method (their final pseudo masks).
@@ -155,18 +156,28 @@ def ceiling_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 def write_ceiling(rows: Sequence[dict[str, Any]], folder: str | Path | None = None) -> Path:
     """reports/ceiling.csv (every column) and reports/ceiling.md; returns the Markdown file. Rows of
-    sources that `rows` does not measure are kept; the table follows the order of SOURCES."""
+    sources that `rows` does not measure are kept; the table follows the order of SOURCES. The
+    executed comparison notebooks in the folder (and its demo/ and runs/) show the new table too."""
     folder = Path(folder) if folder else reports_dir()
     rank = {s: i for i, s in enumerate(SOURCES)}
-    table = merge_csv_rows(folder / "ceiling.csv", rows, key=lambda r: (r["source"], r["crf"]),
-                           order=lambda r: (rank.get(r["source"], len(rank)), r["crf"]), numeric=_NUMERIC)
-    write_text(folder / "ceiling.md", ceiling_markdown(table))
+    merge_csv_rows(folder / "ceiling.csv", rows, key=lambda r: (r["source"], r["crf"]),
+                   order=lambda r: (rank.get(r["source"], len(rank)), r["crf"]), numeric=_NUMERIC)
+    with exclusive(folder / ".ceiling.lock", "the table ceiling.csv"):  # what a side-by-side writer merged shows too
+        shown = ceiling_markdown(read_ceiling(folder))
+        write_text(folder / "ceiling.md", shown)
+        refresh_table_cells(folder, _CEILING_CELL, shown, "ceiling_refreshed", provenance()["measured"])
     return folder / "ceiling.md"
 
 
+# The comparison notebook's cell that shows the ceiling (notebooks/src/07_compare.py): its output
+# depends on reports/ceiling.csv alone.
+_CEILING_CELL = "ceiling.read_ceiling()"
+
+
 def read_ceiling(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """The rows of reports/ceiling.csv (numbers as floats), [] when none was written."""
-    return read_csv_rows((Path(folder) if folder else reports_dir()) / "ceiling.csv", _NUMERIC)
+    """The rows of `folder`'s ceiling.csv (numbers as floats), [] when none was written there. No
+    folder: the reports folder's table, else the checkout's (`wsss.study_tables.table_folder`)."""
+    return read_csv_rows(Path(folder or table_folder("ceiling.csv")) / "ceiling.csv", _NUMERIC)
 
 
 def run_ceiling(preset: str, seeds: int, sources: Sequence[str] | None = None, jobs: int = 1,

@@ -26,6 +26,7 @@ from wsss.cache import code_version
 from wsss.cli import add_progress_flag
 from wsss.io import exclusive, merge_csv_rows, read_csv_rows, write_text
 from wsss.paths import reports_dir
+from wsss.study_tables import refresh_table_cells, table_folder
 
 
 @dataclass(frozen=True)
@@ -259,43 +260,30 @@ def write_claims(rows: Sequence[dict[str, Any]], folder: str | Path | None = Non
 # The comparison notebook's cell that shows the study (notebooks/src/07_compare.py): its output
 # depends on reports/claims.csv alone.
 _CLAIMS_CELL = "claims.read_claims()"
-_MARKDOWN_REPR = "<IPython.core.display.Markdown object>"
 
 
 def refresh_comparison_notebooks(folder: str | Path | None = None) -> list[Path]:
     """Re-render the claims cell of every executed comparison notebook (07_compare*.ipynb in
-    `folder`, its demo/ and runs/) from the current table, as executing that cell again would; the
-    cell's metadata records the date (`wsss.claims_refreshed`). Without this, a notebook executed
-    before a study kept showing the rows the study replaced. Returns the notebooks rewritten."""
-    import nbformat
-
+    `folder`, its demo/ and runs/) from the current table (`wsss.study_tables.refresh_table_cells`;
+    the cell's metadata records the date under `wsss.claims_refreshed`). Returns the notebooks
+    rewritten."""
     folder = Path(folder) if folder else reports_dir()
-    refreshed = []
     with exclusive(folder / ".claims.lock", "the table claims.csv"):
         rows = read_claims(folder)
         if not rows:
-            return refreshed
-        shown, today = claims_markdown(rows), provenance()["measured"]
-        for path in sorted(folder.glob("07_compare*.ipynb")) + sorted(folder.glob("*/07_compare*.ipynb")):
-            nb = nbformat.read(path, as_version=4)
-            cells = [c for c in nb.cells if c.cell_type == "code" and _CLAIMS_CELL in c.source and c.outputs]
-            for cell in cells:
-                cell.outputs = [nbformat.v4.new_output("display_data", data={"text/markdown": shown,
-                                                                                "text/plain": _MARKDOWN_REPR})]
-                cell.metadata.setdefault("wsss", {})["claims_refreshed"] = today
-            if cells:
-                write_text(path, nbformat.writes(nb) + "\n")
-                refreshed.append(path)
-    return refreshed
+            return []
+        return refresh_table_cells(folder, _CLAIMS_CELL, claims_markdown(rows), "claims_refreshed",
+                                   provenance()["measured"])
 
 
 _NUMERIC = ("seeds", "method_mean", "baseline_mean", "diff_mean", "ci_low", "ci_high")
 
 
 def read_claims(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """The rows of reports/claims.csv (numbers as floats; per-seed values space-separated, empty in
-    rows written before they were stored), [] when no study has been written."""
-    return read_csv_rows((Path(folder) if folder else reports_dir()) / "claims.csv", _NUMERIC)
+    """The rows of `folder`'s claims.csv (numbers as floats; per-seed values space-separated, empty in
+    rows written before they were stored), [] when no study has been written there. No folder: the
+    reports folder's table, else the checkout's (`wsss.study_tables.table_folder`)."""
+    return read_csv_rows(Path(folder or table_folder("claims.csv")) / "claims.csv", _NUMERIC)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -4,12 +4,18 @@ On a CPU, `jobs` processes with cores // jobs threads each train more images per
 process with every thread (one thread per process: 1.19x for the CAM on a 2-core Xeon, measured by
 `wsss.benchmarks.train`), and on a machine with many cores a study's seeds need not wait for each
 other. Every worker uses the run's device: on a GPU one job is the rule. Workers are spawned, not
-forked: a forked copy of a process that already ran torch can deadlock in its thread pools.
+forked: a forked copy of a process that already ran torch can deadlock in its thread pools. A
+worker whose parent is gone (killed, say, by a SIGTERM or SIGKILL that reached it alone) stops
+itself as a scheduler's SIGTERM would stop it (training saves a checkpoint of its last step)
+instead of training on, unseen, beside the next run.
 """
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,7 +36,20 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+ORPHAN_POLL_S = 2.0  # how often a worker looks for its parent
+ORPHAN_GRACE_S = 120.0  # how long an orphan's SIGTERM may take (a checkpoint) before it exits at once
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)
+
+
 def _start_worker(threads: int) -> None:
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True).start()
     os.environ.update(thread_env(threads))  # read when torch loads in the worker, which is after this
     os.environ[TEXT_ENV] = "1"  # several workers' bars share one terminal: text, redrawn at most every 30 s
     import torch

@@ -101,7 +101,8 @@ display(Markdown(viz.markdown_table(table, ["method", "train_s"])))
 # ## The papers' claims over seeds
 #
 # Each claim as a paired difference against its baseline over seeds, with its 95% interval and
-# verdict, from the last `wsss study` (`reports/claims.md`; the table above is one seed).
+# verdict, from the last `wsss study` (`reports/claims.md`; the table above is one seed). A run
+# whose reports folder has no study (the quick demo's `reports/demo/`) shows the checkout's.
 
 # %%
 claim_rows = claims.read_claims()
@@ -115,7 +116,7 @@ display(Markdown(claims.claims_markdown(claim_rows) if claim_rows else
 # network, scored on val without and with CRF. weak/full divides by the ground-truth network's
 # mIoU at the same seed and CRF setting; "bounded" when the ground-truth network without CRF beats
 # the row (the 95% interval of the paired gap lies above 0). From the last `wsss ceiling`
-# (`reports/ceiling.md`; the final column above is one seed).
+# (`reports/ceiling.md`, or the checkout's as above; the final column above is one seed).
 
 # %%
 ceiling_rows = ceiling.read_ceiling()
