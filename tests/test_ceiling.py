@@ -108,7 +108,8 @@ def test_a_ceiling_study_rerenders_the_ceiling_cell_of_executed_comparison_noteb
         nbformat.v4.new_code_cell("claim_rows = claims.read_claims()", outputs=[
             nbformat.v4.new_output("display_data", data={"text/markdown": "| claims |", "text/plain": "x"})]),
         nbformat.v4.new_code_cell("ceiling_rows = ceiling.read_ceiling()\ndisplay(Markdown(...))", outputs=[
-            nbformat.v4.new_output("display_data", data={"text/markdown": "No ceiling study yet", "text/plain": "x"})])])
+            nbformat.v4.new_output("display_data",
+                                   data={"text/markdown": "No ceiling study yet", "text/plain": "x"})])])
     (tmp_path / "demo").mkdir()
     notebooks = (tmp_path / "07_compare.ipynb", tmp_path / "demo" / "07_compare.ipynb")
     for path in notebooks:

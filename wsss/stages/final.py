@@ -13,11 +13,12 @@ starts fresh. Trained on ground truth at quick (val mIoU, no CRF, seed 0): ASPP 
 10x head rate 60.3; v3+ decoder 61.9; new layers at the base rate 64.0; 24 epochs 73.1-73.8; two
 blocks per stage 76.0; 48 epochs 81.5 (83.7 with CRF); 96 epochs 84.8, and 84.3 at seed 1 (85.7
 and 85.9 with CRF); 192 epochs 86.1, and 85.6 at seed 1 (87.5 and 86.6 with CRF; the recipe
-below). What did not help: a lower rate (5e-4: 61.2), a higher one (6e-3, 12 epochs: 61.1), four more dilated blocks at stride 8
-(63.1 at 8 epochs), batch 8 for the same number of steps (68.5 at 12 epochs), output stride 4 (a
-24-cell map; 72.8 vs 73.8 at one block, 77.3 vs 76.0 at two, 2.2-2.5x the time), weight decay 0.05
-(76.0, unchanged), a scale range of (0.5, 1.5) (72.9; (0.9, 1.1): 77.1, within a seed's spread),
-a 2x wider backbone from scratch (training loss 0.64 after 5 epochs against 0.35: stopped).
+below). What did not help: a lower rate (5e-4: 61.2), a higher one (6e-3, 12 epochs: 61.1), four
+more dilated blocks at stride 8 (63.1 at 8 epochs), batch 8 for the same number of steps (68.5 at
+12 epochs), output stride 4 (a 24-cell map; 72.8 vs 73.8 at one block, 77.3 vs 76.0 at two,
+2.2-2.5x the time), weight decay 0.05 (76.0, unchanged), a scale range of (0.5, 1.5) (72.9;
+(0.9, 1.1): 77.1, within a seed's spread), a 2x wider backbone from scratch (training loss 0.64
+after 5 epochs against 0.35: stopped).
 The errors the 24-epoch network made were whole objects, not borders: 18.5% of the val objects
 had under 20% of their pixels right (28.5% of those under 300 px), mostly small two- or
 three-tone shapes labelled background. The papers' ratio weak/full needs this bound to be a
