@@ -7,7 +7,7 @@ other. Every worker uses the run's device: on a GPU one job is the rule. Workers
 forked: a forked copy of a process that already ran torch can deadlock in its thread pools. A
 worker whose parent is gone (killed, say, by a SIGTERM or SIGKILL that reached it alone) stops
 itself as a scheduler's SIGTERM would stop it (training saves a checkpoint of its last step)
-instead of training on, unseen, beside the next run.
+instead of training on, unseen, beside the next run, and exits once that call has ended.
 """
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ def thread_env(threads: int) -> dict[str, str]:
 
 ORPHAN_POLL_S = 2.0  # how often a worker looks for its parent
 ORPHAN_GRACE_S = 120.0  # how long an orphan's SIGTERM may take (a checkpoint) before it exits at once
+_parent_pid = 0  # the pool's process, as the worker saw it at its start
 
 
-def _stop_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
+def _stop_when_orphaned() -> None:
+    while os.getppid() == _parent_pid:
         time.sleep(ORPHAN_POLL_S)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(ORPHAN_GRACE_S)
@@ -49,12 +50,24 @@ def _stop_when_orphaned(parent: int) -> None:
 
 
 def _start_worker(threads: int) -> None:
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), name="orphan-watch", daemon=True).start()
+    global _parent_pid
+    _parent_pid = os.getppid()
+    threading.Thread(target=_stop_when_orphaned, name="orphan-watch", daemon=True).start()
     os.environ.update(thread_env(threads))  # read when torch loads in the worker, which is after this
     os.environ[TEXT_ENV] = "1"  # several workers' bars share one terminal: text, redrawn at most every 30 s
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _call_in_worker(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """fn(*args); an orphan exits as soon as the call ends (training stopped by the watch's SIGTERM,
+    its checkpoint saved) rather than idling until ORPHAN_GRACE_S for work that will never come."""
+    try:
+        return fn(*args)
+    finally:
+        if os.getppid() != _parent_pid:
+            os._exit(1)
 
 
 def process_pool(jobs: int) -> ProcessPoolExecutor:
@@ -71,7 +84,7 @@ def completed_in_processes(fn: Callable[..., Any], calls: Sequence[tuple[Any, ..
     calls that have not started and raises; finished results were already yielded."""
     pool = process_pool(jobs)
     try:
-        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        futures = {pool.submit(_call_in_worker, fn, args): i for i, args in enumerate(calls)}
         for future in as_completed(futures):
             yield futures[future], future.result()
     finally:  # nothing is pending after the last result; after a failure, what has not started is dropped
