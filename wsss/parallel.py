@@ -41,8 +41,12 @@ ORPHAN_GRACE_S = 120.0  # how long an orphan's SIGTERM may take (a checkpoint) b
 _parent_pid = 0  # the pool's process, as the worker saw it at its start
 
 
+def _orphaned() -> bool:
+    return os.getppid() != _parent_pid
+
+
 def _stop_when_orphaned() -> None:
-    while os.getppid() == _parent_pid:
+    while not _orphaned():
         time.sleep(ORPHAN_POLL_S)
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(ORPHAN_GRACE_S)
@@ -66,7 +70,7 @@ def _call_in_worker(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     try:
         return fn(*args)
     finally:
-        if os.getppid() != _parent_pid:
+        if _orphaned():
             os._exit(1)
 
 
