@@ -345,6 +345,19 @@ def test_presets_record_the_precision_they_train_in(monkeypatch: pytest.MonkeyPa
     assert fp32.config_hash() != bf16.config_hash()
 
 
+def test_bf16_is_chosen_on_cpus_with_amx_or_avx512_bf16_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wsss.train import fast_bf16
+
+    for amx, avx512_bf16 in ((False, False), (True, False), (False, True), (True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
+        assert fast_bf16(torch.device("cpu")) is (amx or avx512_bf16)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the probe: no bf16 from it
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert fast_bf16(torch.device("cpu")) is False
+    assert fast_bf16(torch.device("cuda")) is True
+
+
 def test_bf16_inference_returns_fp32_maps_close_to_fp32_ones() -> None:
     from wsss.inference import in_bf16
 

@@ -1,6 +1,6 @@
 """The one training loop every method uses.
 
-Same code on CUDA (mixed precision) and CPU (bf16 autocast too where the CPU has AMX, see
+Same code on CUDA (mixed precision) and CPU (bf16 autocast too where the CPU has native bf16, see
 `fast_bf16`), channels_last on both (`to_device`); unchanged under `torchrun`
 (DistributedDataParallel, each rank takes its share of every global batch, only rank 0 writes).
 The data a step sees depends only on (seed, epoch, step), so a resumed run continues exactly where
@@ -141,13 +141,20 @@ def device_named(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
+# CPU features with native bf16 arithmetic, as torch.cpu's probes name them: AMX tiles (recent
+# Xeons) and AVX-512 BF16 (AMD Zen 4 and later, Xeons since Cooper Lake).
+_BF16_CPU_PROBES = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+
+
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds `device` up: CUDA, and CPUs with AMX tiles, where oneDNN runs
-    bf16 convolutions about twice as fast as fp32 (measured: CAM's model 1.8-2x, the training loop
-    1.3x). Other CPUs emulate bf16, slower than fp32."""
+    """Whether bf16 autocast speeds `device` up: CUDA, and CPUs with native bf16 arithmetic, where
+    oneDNN runs bf16 convolutions faster than fp32. Measured with `wsss.benchmarks.train` (96 px,
+    batch 16, one thread): AMX, CAM's model 1.8-2x, the training loop 1.3x; AVX-512 BF16 on a 2-core
+    AMD EPYC, CAM 1.61x, the final network 1.44x, every method 1.14-1.79x (1.0-1.71x on two
+    threads). CPUs without either emulate bf16, slower than fp32."""
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return device.type == "cpu" and any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in _BF16_CPU_PROBES)
 
 
 def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:

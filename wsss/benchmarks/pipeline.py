@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader processes (default: the CPU count - 1, at most 8)")
     parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                        help="bf16 autocast: auto = where it is fast (CUDA, CPUs with AMX)")
+                        help="bf16 autocast: auto = where it is fast (CUDA, CPUs with AMX or AVX-512 BF16)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads on the CPU")
     parser.add_argument("--run-root", default=None, help="where the runs go (default: a temporary folder, "
                                                           "removed at the end)")

@@ -8,7 +8,7 @@
 
 Random inputs isolate the model's cost from data loading (SynthVOC batches are loaded from an
 in-memory cache in training, so the loop adds little). Precision as the training loop's default
-(`--amp auto`): bf16 autocast where `wsss.train.fast_bf16` says it is fast (CUDA, CPUs with AMX);
+(`--amp auto`): bf16 autocast where `wsss.train.fast_bf16` says it is fast (CUDA, CPUs with AMX or AVX-512 BF16);
 channels_last (NHWC), as the training loop (`wsss.train.to_device`); `--nchw` measures the plain layout.
 """
 from __future__ import annotations
