@@ -96,18 +96,61 @@ def sweep_cam_thresholds(cam_dir: str | os.PathLike, dataset, thresholds: Sequen
 
 
 def evaluate_cams(cam_dir: str | os.PathLike, dataset, bg_threshold: float, crf: CRFParams | None = None,
-                  progress: bool = True) -> dict[str, Any]:
-    """Full scores (incl. boundary IoU) of the class maps thresholded at `bg_threshold`, with optional CRF."""
+                  progress: bool = True, indices: Sequence[int] | None = None,
+                  boundary: bool = True) -> dict[str, Any]:
+    """Scores (with boundary IoU unless `boundary=False`) of the class maps thresholded at
+    `bg_threshold`, with optional CRF, over `dataset` or the images at `indices`."""
     cam_dir = Path(cam_dir)
     ctx_dir = context_dir_of(dataset)
-    ev = SegmentationEvaluator(dataset.class_names)
+    ev = SegmentationEvaluator(dataset.class_names, boundary=boundary)
     desc = f"eval thr={bg_threshold:.2f}{' +crf' if crf else ''}"
-    for i in tqdm(range(len(dataset)), desc=desc, disable=not progress, dynamic_ncols=True):
+    indices = range(len(dataset)) if indices is None else indices
+    for i in tqdm(indices, desc=desc, disable=not progress, dynamic_ncols=True):
         sample = dataset.load(i)
         keys, cam = load_cam(cam_dir / f"{sample['id']}.npz")
         pred = cam_to_label(keys, cam, bg_threshold, sample["image"], crf)
         ev.update(pred, sample["mask"], _context(ctx_dir, sample["id"], sample["mask"].shape))
     return ev.scores()
+
+
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """`count` indices spread evenly over range(n) (all of them when n <= count)."""
+    return sorted(set(np.linspace(0, n - 1, min(n, count)).round().astype(int).tolist())) if n else []
+
+
+def climb_crf_threshold(cam_dir: str | os.PathLike, dataset, start: float, crf: CRFParams,
+                        thresholds: Sequence[float] = DEFAULT_THRESHOLDS, max_images: int = 300,
+                        progress: bool = True) -> dict[str, Any]:
+    """The background threshold whose maps score the best mIoU *after* CRF, on `dataset`.
+
+    CRF trades recall for precision, so its best threshold sits below the raw maps' (CAM on
+    SynthVOC quick: 0.30 against 0.45, 11 val points apart). A CRF per image and threshold is too
+    dear for the full sweep, so this climbs the threshold grid from `start` (the raw maps' choice),
+    first downwards, one step at a time while mIoU rises, on `max_images` evenly spaced images.
+
+    Returns {"thresholds", "miou" (the steps taken, ascending), "best_threshold", "start", "images"}.
+    """
+    grid = sorted(float(t) for t in thresholds)
+    if start not in grid:
+        raise ValueError(f"start threshold {start} is not on the grid {grid}")
+    indices = evenly_spaced(len(dataset), max_images)
+    scores: dict[int, float] = {}
+
+    def miou(j: int) -> float:
+        if j not in scores:
+            scores[j] = float(evaluate_cams(cam_dir, dataset, grid[j], crf, progress, indices, boundary=False)["miou"])
+        return scores[j]
+
+    first = best = grid.index(start)
+    for step in (-1, 1):
+        j = best + step
+        while 0 <= j < len(grid) and miou(j) > miou(best):
+            best, j = j, j + step
+        if best != first:
+            break
+    steps = sorted(scores)
+    return {"thresholds": [grid[j] for j in steps], "miou": [scores[j] for j in steps],
+            "best_threshold": grid[best], "start": grid[first], "images": len(indices)}
 
 
 def evaluate_label_dir(pred_dir: str | os.PathLike, dataset, progress: bool = True) -> dict[str, Any]:

@@ -52,6 +52,8 @@ viz.save_figure(viz.plot_sweeps({"CAM (train)": exp.sweep(config.train_split), "
                 "01_cam_sweep")
 print(f"background threshold chosen on train: {exp.best_threshold():.2f}; "
       f"best on {config.eval_split} (oracle): {sweep['best_threshold']:.2f}")
+if crf:  # CRF sharpens the maps, so its rows use their own threshold, chosen on train with CRF
+    print(f"background threshold chosen on train with CRF: {exp.crf_threshold():.2f}")
 
 # %% [markdown]
 # ## Metrics
