@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import wsss.evaluation as evaluation
-from wsss.evaluation import climb_crf_threshold, evaluate_cams, evenly_spaced
+from wsss.evaluation import climb_crf_threshold, evaluate_cams
 from wsss.experiment import Experiment, ExperimentConfig
 from wsss.refine.crf import CRFParams
 
@@ -17,7 +17,7 @@ def _scripted_curve(monkeypatch: pytest.MonkeyPatch, curve: dict[float, float]) 
     """Make `evaluate_cams` score each threshold by `curve`; returns the thresholds asked for."""
     asked: list[float] = []
 
-    def fake(cam_dir, dataset, thr, crf, progress, indices, boundary):
+    def fake(cam_dir, dataset, thr, crf, progress, boundary):
         asked.append(thr)
         return {"miou": curve[thr]}
 
@@ -50,12 +50,6 @@ def test_a_start_off_the_grid_is_an_error() -> None:
         climb_crf_threshold("cams", [0], 0.35, CRFParams(), GRID, progress=False)
 
 
-def test_the_climb_runs_on_evenly_spaced_images() -> None:
-    assert evenly_spaced(1500, 300)[:3] == [0, 5, 10] and len(evenly_spaced(1500, 300)) == 300
-    assert evenly_spaced(1500, 300)[-1] == 1499
-    assert evenly_spaced(7, 300) == list(range(7)) and evenly_spaced(0, 300) == []
-
-
 @pytest.mark.slow
 def test_crf_rows_use_the_threshold_chosen_on_train_with_crf(tiny_root: Path, tmp_path: Path) -> None:
     exp = Experiment(ExperimentConfig.for_preset("tiny", data_root=str(tiny_root), run_root=str(tmp_path / "runs"),
@@ -68,8 +62,7 @@ def test_crf_rows_use_the_threshold_chosen_on_train_with_crf(tiny_root: Path, tm
     grid = list(exp.config.thresholds)
 
     def miou_with_crf(t: float) -> float:
-        return evaluate_cams(exp.class_maps("train"), train, t, exp.config.crf, progress=False,
-                             indices=evenly_spaced(len(train), 300), boundary=False)["miou"]
+        return evaluate_cams(exp.class_maps("train"), train, t, exp.config.crf, progress=False, boundary=False)["miou"]
 
     here = miou_with_crf(thr)
     neighbours = [grid[j] for j in (grid.index(thr) - 1, grid.index(thr) + 1) if 0 <= j < len(grid)]

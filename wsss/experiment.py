@@ -59,10 +59,6 @@ WALK_CELLS: dict[str, int] = {"tiny": 32}
 # scale 2, whose passes cost more than those of scales 1 and 1.5 together (4 vs 3.25 times the pixels).
 TTA_SCALES: dict[str, tuple[float, ...]] = {"tiny": (1.0, 1.5)}
 
-# Train images the "+ CRF" threshold is chosen on: each step of its climb costs one CRF per image
-# (about 10 ms at 96 px); on 300 images the choice is that of all 1,500 train images on the runs measured.
-CRF_THRESHOLD_IMAGES = 300
-
 TRAINING_INPUTS = "training_inputs.json"  # in a run folder: digests of the training masks it learned from
 
 
@@ -434,15 +430,14 @@ class Experiment:
 
     def crf_threshold(self) -> float:
         """The background threshold of the maps that go through CRF, chosen on the train split *with*
-        CRF (`climb_crf_threshold`: from `best_threshold()` downwards, on 300 evenly spaced images)."""
+        CRF (`climb_crf_threshold`: a climb over the threshold grid from `best_threshold()`)."""
         split = self.config.train_split
         start = self.best_threshold()
         key = {"stage": "crf_threshold", "class_maps": digest(self.class_maps_key(split)), "start": start,
-               "thresholds": list(self.config.thresholds), "crf": asdict(self.config.crf),
-               "max_images": CRF_THRESHOLD_IMAGES}
+               "thresholds": list(self.config.thresholds), "crf": asdict(self.config.crf)}
         return cached_json(self.run_dir / f"crf_threshold_{split}.json", key, lambda: climb_crf_threshold(
             self.class_maps(split), self.dataset(split), start, self.config.crf, self.config.thresholds,
-            CRF_THRESHOLD_IMAGES, progress=self.progress))["result"]["best_threshold"]
+            progress=self.progress))["result"]["best_threshold"]
 
     def default_threshold(self, crf: bool) -> float:
         """The train-chosen background threshold for maps without or with CRF."""
