@@ -56,6 +56,11 @@ def test_crf_rows_use_the_threshold_chosen_on_train_with_crf(tiny_root: Path, tm
                                                  max_steps=2), progress=False)
     thr = exp.crf_threshold()
     assert exp.evaluate(crf=True)["bg_threshold"] == thr and exp.evaluate()["bg_threshold"] == exp.best_threshold()
+    # The reported split's oracle with CRF: the best of a climb on val from the train choice.
+    scores, val_climb = exp.evaluate(crf=True), exp.crf_climb("val")
+    assert val_climb["start"] == thr and scores["oracle_threshold"] == val_climb["best_threshold"]
+    assert scores["oracle_miou"] >= scores["miou"] - 1e-9
+    assert scores["oracle_miou"] == pytest.approx(max(val_climb["miou"]))
     assert exp.pseudo_masks(crf=True).name == f"train_thr{thr:.2f}_crf"
     # The choice is a local optimum of train's mIoU with CRF (the climb's own numbers, recomputed).
     train = exp.dataset("train")

@@ -428,16 +428,22 @@ class Experiment:
         every setting that needs ground truth is chosen; on the reported split it is an oracle)."""
         return self.sweep(split or self.config.train_split)["best_threshold"]
 
-    def crf_threshold(self) -> float:
-        """The background threshold of the maps that go through CRF, chosen on the train split *with*
-        CRF (`climb_crf_threshold`: a climb over the threshold grid from `best_threshold()`)."""
-        split = self.config.train_split
-        start = self.best_threshold()
+    def crf_climb(self, split: str | None = None) -> dict[str, Any]:
+        """`climb_crf_threshold` on `split`: on train (the default) from `best_threshold()`, which
+        chooses the CRF rows' threshold; on any other split from that choice, which gives their
+        oracle (the best a climb on the reported split reaches; never used)."""
+        split = split or self.config.train_split
+        start = self.best_threshold() if split == self.config.train_split else self.crf_threshold()
         key = {"stage": "crf_threshold", "class_maps": digest(self.class_maps_key(split)), "start": start,
                "thresholds": list(self.config.thresholds), "crf": asdict(self.config.crf)}
         return cached_json(self.run_dir / f"crf_threshold_{split}.json", key, lambda: climb_crf_threshold(
             self.class_maps(split), self.dataset(split), start, self.config.crf, self.config.thresholds,
-            progress=self.progress))["result"]["best_threshold"]
+            progress=self.progress))["result"]
+
+    def crf_threshold(self) -> float:
+        """The background threshold of the maps that go through CRF, chosen on the train split *with*
+        CRF (CRF sharpens the maps, so it sits below `best_threshold()`)."""
+        return self.crf_climb()["best_threshold"]
 
     def default_threshold(self, crf: bool) -> float:
         """The train-chosen background threshold for maps without or with CRF."""
@@ -445,9 +451,9 @@ class Experiment:
 
     def evaluate(self, split: str | None = None, bg_threshold: float | None = None, crf: bool = False) -> dict[str, Any]:
         """Scores of the thresholded class maps, at the threshold chosen on the train split by default
-        (with CRF, the one chosen with CRF). Without CRF the scores also carry `oracle_miou` /
-        `oracle_threshold`: the best of `split`'s own sweep, a number no method could report honestly,
-        shown only beside the real one."""
+        (with CRF, the one chosen with CRF). On another split the scores also carry `oracle_miou` /
+        `oracle_threshold`: the best of `split`'s own sweep (with CRF, of its climb), a number no
+        method could report honestly, shown only beside the real one."""
         split = split or self.config.eval_split
         thr = self.default_threshold(crf) if bg_threshold is None else bg_threshold
         crf_params = self.config.crf if crf else None
@@ -457,8 +463,8 @@ class Experiment:
                              lambda: evaluate_cams(self.class_maps(split), self.dataset(split), thr, crf_params,
                                                    progress=self.progress))
         oracle = {}
-        if not crf and split != self.config.train_split:
-            sweep = self.sweep(split)
+        if split != self.config.train_split:
+            sweep = self.crf_climb(split) if crf else self.sweep(split)
             best = sweep["thresholds"].index(sweep["best_threshold"])
             oracle = {"oracle_miou": sweep["miou"][best], "oracle_threshold": sweep["best_threshold"]}
         return {**record["result"], **self.provenance(split, thr, crf), "code_version": record["code_version"],

@@ -206,7 +206,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     note = ("\nPercentages. mIoU over background + classes; prec/rec: mean over foreground classes; bIoU: boundary "
             "IoU; ctx FP: share of context pixels (rail, water) labelled as their co-occurring class; part rec: "
             "recall of the part-defined classes; thr: background threshold, chosen on the train split; oracle mIoU: "
-            "at the best threshold of the reported split's own sweep, an upper reference no method may claim. "
+            "at the best threshold of the reported split's own sweep (with CRF: of a climb from the train choice, "
+            "`climb_crf_threshold`), an upper reference no method may claim. "
             "Every row's full provenance is in metrics.csv.\n")
     return "\n".join(lines) + "\n" + note
 
