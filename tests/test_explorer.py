@@ -95,6 +95,21 @@ def test_explorer_updates_with_its_controls(tiny_root: Path, tmp_path: Path) -> 
     assert ex.image.value == ds.ids[0]
 
 
+def test_the_crf_switch_moves_a_chosen_threshold_to_the_one_chosen_with_crf(tiny_root: Path, tmp_path: Path) -> None:
+    run = _fake_run(tmp_path / "runs", "a-run", tiny_root, fg=0.8, best=0.5)
+    write_json(run / "crf_threshold_train.json", {"key": {}, "result": {"best_threshold": 0.35}})
+    ex = CAMExplorer([run])
+    ex.image.value = VOCDataset(tiny_root, "val").ids[0]
+    assert ex.threshold.value == pytest.approx(0.5)
+    ex.crf.value = True
+    assert ex.threshold.value == pytest.approx(0.35) and "threshold 0.35, CRF" in ex.info.value
+    ex.crf.value = False
+    assert ex.threshold.value == pytest.approx(0.5)
+    ex.threshold.value = 0.6  # moved by hand: the switch leaves it where the user put it
+    ex.crf.value = True
+    assert ex.threshold.value == pytest.approx(0.6) and "threshold 0.60, CRF" in ex.info.value
+
+
 def test_explorer_without_runs_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="class maps"):
         CAMExplorer([], split="val")

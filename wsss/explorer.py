@@ -125,7 +125,8 @@ class CAMExplorer:
             control.observe(lambda _: self._list_images(), names="value")
         self.previous.on_click(lambda _: self.step(-1))
         self.next.on_click(lambda _: self.step(1))
-        for control in (self.cls, self.threshold, self.crf, self.beside):
+        self.crf.observe(self._toggle_crf, names="value")
+        for control in (self.cls, self.threshold, self.beside):
             control.observe(lambda _: self.render(), names="value")
 
     # ------------------------------------------------------------------ data
@@ -136,10 +137,27 @@ class CAMExplorer:
             self._datasets[run] = VOCDataset(run_data_root(run), self.split, with_mask=True, cache=True)
         return self._datasets[run]
 
-    def _best_threshold(self, run: Path) -> float:
-        """The run's threshold chosen on train (its train sweep), else its sweep of the split shown."""
+    def _best_threshold(self, run: Path, crf: bool = False) -> float:
+        """The run's threshold chosen on train (its train sweep), else its sweep of the split shown;
+        with `crf` the one chosen on train with CRF where the run has it (`Experiment.crf_threshold`)."""
+        climb = stored_result(run / "crf_threshold_train.json") if crf else None
+        if climb:
+            return float(climb["best_threshold"])
         sweep = stored_result(run / "sweep_train.json") or stored_result(run / f"sweep_{self.split}.json")
         return float(sweep["best_threshold"]) if sweep else 0.3
+
+    def _toggle_crf(self, change: dict[str, Any]) -> None:
+        """CRF on or off: a slider at the run's chosen threshold moves to the one chosen for the new
+        setting (maps through CRF have their own, lower one); a slider the user moved stays."""
+        run = self.run.value
+        at_chosen = abs(self.threshold.value - self._best_threshold(run, change["old"])) < 1e-6
+        if self._fixed_threshold is None and at_chosen:
+            quiet, self._quiet = self._quiet, True
+            try:
+                self.threshold.value = self._best_threshold(run, change["new"])
+            finally:
+                self._quiet = quiet
+        self.render()
 
     def ious(self, run: Path) -> dict[str, float]:
         """Per-image mIoU of `run` at its chosen threshold (what the order sorts by), computed once."""
@@ -153,7 +171,7 @@ class CAMExplorer:
         self._quiet = True
         try:
             self.threshold.value = self._fixed_threshold if self._fixed_threshold is not None else \
-                self._best_threshold(self.run.value)
+                self._best_threshold(self.run.value, self.crf.value)
             kept = self.with_class.value
             self.with_class.options = [("any class", -1), *((n, k) for k, n in enumerate(ds.class_names))]
             self.with_class.value = kept if kept in dict(self.with_class.options).values() else -1
@@ -232,7 +250,7 @@ class CAMExplorer:
         for first, run in zip((True, False), runs):
             keys, cam = load_cam(run / "cams" / self.split / f"{self.image.value}.npz")
             # the second run at its own chosen threshold (the slider is the first run's)
-            run_thr = thr if first else self._best_threshold(run)
+            run_thr = thr if first else self._best_threshold(run, self.crf.value)
             pseudo = cam_to_label(keys, cam, run_thr, sample["image"], self.crf_params if self.crf.value else None)
             iou = image_iou(pseudo, sample["mask"], ds.num_classes)
             shown.append(np.unique(pseudo))
